@@ -1,0 +1,470 @@
+"""The ``ricordo`` command: a thin layer over the Python API (same option names as UpdateConfig).
+
+Errors print one line ``ricordo: error: ...`` and exit 1 (usage errors exit 2); ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ricordo import __version__
+from ricordo.errors import ConfigError, RicordoError
+
+app = typer.Typer(
+    name="ricordo",
+    help="Continual learning for PyTorch models: update jobs with safe, versioned state.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Options shared by `update` and `benchmark`. None means "not given": the stored value (for a
+# later update) or UpdateConfig's default is used.
+Model = Annotated[str | None, typer.Option(help="Built-in model: mlp or cnn.")]
+Hidden = Annotated[
+    str | None, typer.Option(help="Hidden sizes (mlp) or channels (cnn), e.g. 256,128.")
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="Python file defining model_fn(**kwargs).")
+]
+ModelOption = Annotated[
+    list[str] | None, typer.Option("--model-option", help="k=v passed to model_fn; repeat.")
+]
+Param = Annotated[list[str] | None, typer.Option("--param", help="Method k=v; repeat.")]
+MemorySize = Annotated[int | None, typer.Option(help="Rehearsal memory capacity.")]
+MemoryPolicy = Annotated[str | None, typer.Option(help="Memory policy, e.g. reservoir.")]
+MaxClasses = Annotated[int | None, typer.Option(help="Most classes the head may grow to.")]
+Optimizer = Annotated[str | None, typer.Option(help="sgd, adam or adamw.")]
+Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
+Momentum = Annotated[float | None, typer.Option(help="SGD momentum.")]
+WeightDecay = Annotated[float | None, typer.Option(help="Weight decay.")]
+BatchSize = Annotated[int | None, typer.Option(help="New-data rows per step.")]
+Epochs = Annotated[int | None, typer.Option(help="Passes over the chunk.")]
+ValFraction = Annotated[float | None, typer.Option(help="Hold out this fraction to validate.")]
+Patience = Annotated[int | None, typer.Option(help="Early stopping after N bad epochs.")]
+Seed = Annotated[int | None, typer.Option(help="Seed of every random choice.")]
+Backend = Annotated[str | None, typer.Option(help="auto, torch or fabric.")]
+Accelerator = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")]
+Devices = Annotated[int | None, typer.Option(help="Devices per update (1).")]
+Precision = Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed, ...")]
+Strategy = Annotated[str | None, typer.Option(help="Fabric strategy (auto).")]
+ShowProgress = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")
+]
+Target = Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file.")]
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"ricordo {__version__}")
+        raise typer.Exit()
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
+    """Parse repeated ``k=v`` options; numbers stay strings until the method converts them."""
+    result: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r} is not key=value; write e.g. {flag} alpha=0.5")
+        result[key.strip().replace("-", "_")] = _literal(value.strip())
+    return result
+
+
+def _literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _options(**given: Any) -> dict[str, Any]:
+    """The UpdateConfig fields the user actually passed."""
+    options = {k: v for k, v in given.items() if v is not None}
+    if "hidden" in options:
+        try:
+            options["hidden"] = tuple(int(h) for h in str(options["hidden"]).split(",") if h)
+        except ValueError:
+            raise ConfigError(
+                f"--hidden {given['hidden']!r} must be comma-separated integers, e.g. 256,128"
+            ) from None
+    if "config" in options:
+        options["config"] = str(options["config"])
+    for key in ("params", "model_options"):
+        if key in options and not options[key]:
+            del options[key]
+    return options
+
+
+@app.command()
+def data(
+    dataset: Annotated[str, typer.Argument(help="Built-in dataset, e.g. digits.")],
+    out: Annotated[Path, typer.Option(help="Folder for train-K/test-K/test-all.npz.")],
+    scenario: Annotated[str, typer.Option(help="How to cut it into chunks.")] = (
+        "class-incremental"
+    ),
+    updates: Annotated[int, typer.Option(help="Number of chunks.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the class order.")] = 0,
+) -> None:
+    """Cut a built-in dataset into chunks and write them as .npz files."""
+    from ricordo.data import export_scenario, load_builtin, make_scenario
+
+    train, test = load_builtin(dataset)
+    split = make_scenario(scenario, train, test, updates=updates, seed=seed)
+    export_scenario(split, out)
+    for k, classes in enumerate(split.chunk_classes):
+        typer.echo(
+            f"chunk {k}: classes {classes}, {len(split.train[k])} train / "
+            f"{len(split.test[k])} test -> {out}/train-{k}.npz"
+        )
+
+
+@app.command()
+def update(
+    data: Annotated[str, typer.Option(help="Chunk to learn: .npz (x, y), .csv or .parquet.")],
+    next_state: Annotated[str, typer.Option(help="Where to write the new state (path or URL).")],
+    state: Annotated[str | None, typer.Option(help="State to continue from.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --next-state.")] = False,
+    target: Target = None,
+    model: Model = None,
+    hidden: Hidden = None,
+    config: ConfigFile = None,
+    model_option: ModelOption = None,
+    method: Annotated[str | None, typer.Option(help="CL method, e.g. er.")] = None,
+    param: Param = None,
+    memory_size: MemorySize = None,
+    memory_policy: MemoryPolicy = None,
+    max_classes: MaxClasses = None,
+    optimizer: Optimizer = None,
+    lr: Lr = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    batch_size: BatchSize = None,
+    epochs: Epochs = None,
+    val_fraction: ValFraction = None,
+    patience: Patience = None,
+    seed: Seed = None,
+    backend: Backend = None,
+    accelerator: Accelerator = None,
+    devices: Devices = None,
+    precision: Precision = None,
+    strategy: Strategy = None,
+    progress: ShowProgress = None,
+) -> None:
+    """Update a model on one chunk and write the next state (one job per chunk)."""
+    from ricordo.config import UpdateConfig
+    from ricordo.data import load_data
+    from ricordo.errors import StateExistsError
+    from ricordo.state import state_exists
+    from ricordo.updater import Updater
+
+    options = _options(
+        model=model,
+        hidden=hidden,
+        config=config,
+        model_options=_pairs(model_option, "--model-option"),
+        method=method,
+        params=_pairs(param, "--param"),
+        memory_size=memory_size,
+        memory_policy=memory_policy,
+        max_classes=max_classes,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        epochs=epochs,
+        val_fraction=val_fraction,
+        patience=patience,
+        seed=seed,
+        backend=backend,
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        strategy=strategy,
+        progress=progress,
+    )
+    # Fail before training, not after it, when the result could not be written.
+    if not overwrite and state_exists(next_state):
+        raise StateExistsError(
+            f"state already exists at {next_state}; choose a new --next-state or pass --overwrite"
+        )
+    chunk = load_data(data, target=target, name=data)
+    if state is None:
+        updater = Updater(UpdateConfig(**options))
+        record = updater.update(chunk)
+    else:
+        updater = Updater.load(state)
+        record = updater.update(chunk, **options)
+    updater.save(next_state, overwrite=overwrite)
+    train = record["train"]
+    typer.echo(
+        f"update {record['update']} ({updater.config.method}): {record['data']['samples']} samples"
+        f", classes {record['data']['classes']}, {train['steps']} steps in {train['seconds']:.2f} s"
+        f", final loss {train['final_loss']:.4f} -> {next_state}"
+    )
+
+
+def _features(path: str, target: str | None) -> Any:
+    """Features of a file for prediction: labels are optional here."""
+    import numpy as np
+
+    from ricordo.data import load_data
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".npz" and Path(path).is_file():
+        with np.load(path, allow_pickle=False) as archive:
+            if "y" not in archive.files and "x" in archive.files:
+                return archive["x"]
+    return load_data(path, target=target, name=path).x
+
+
+@app.command()
+def evaluate(
+    state: Annotated[str, typer.Option(help="State to evaluate.")],
+    data: Annotated[str, typer.Option(help="Labelled data: .npz, .csv or .parquet.")],
+    target: Target = None,
+    output: Annotated[Path | None, typer.Option(help="Write the metrics as JSON.")] = None,
+) -> None:
+    """Print accuracy and loss of a state on labelled data."""
+    from ricordo.data import load_data
+    from ricordo.updater import Updater
+
+    updater = Updater.load(state)
+    result = updater.evaluate(load_data(data, target=target, name=data))
+    result = {"state": state, "data": data, **result}
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=1) + "\n")
+    typer.echo(
+        f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+        f"({result['samples']} samples)"
+    )
+
+
+@app.command()
+def predict(
+    state: Annotated[str, typer.Option(help="State to predict with.")],
+    data: Annotated[str, typer.Option(help="Inputs: .npy, .npz (x), .csv or .parquet.")],
+    output: Annotated[Path, typer.Option(help="Where to write predictions (.npy).")],
+    target: Target = None,
+    probabilities: Annotated[
+        bool, typer.Option(help="Write class probabilities instead of class ids.")
+    ] = False,
+) -> None:
+    """Write predicted class ids (or probabilities) for new inputs as .npy."""
+    import numpy as np
+
+    from ricordo.updater import Updater
+
+    updater = Updater.load(state)
+    inputs = _features(data, target)
+    result = updater.predict_proba(inputs) if probabilities else updater.predict(inputs)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, result.numpy(), allow_pickle=False)
+    typer.echo(
+        f"wrote {tuple(result.shape)} {'probabilities' if probabilities else 'class ids'}"
+        f" -> {output}"
+    )
+
+
+@app.command()
+def info(
+    state: Annotated[str, typer.Argument(help="State to describe.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Describe a state: method, model, memory, lineage and update history."""
+    from ricordo.state import read_manifest
+
+    manifest = read_manifest(state)
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=1))
+        return
+    meta = manifest["meta"]
+    spec = meta.get("model_spec") or {}
+    model = spec.get("name") or spec.get("path")
+    memory = meta.get("memory")
+    lines = [
+        f"state        {state}",
+        f"created      {manifest['created']} (ricordo {manifest['library_version']}, "
+        f"format {manifest['format_version']})",
+        f"parent       {manifest.get('parent') or '-'}",
+        f"method       {meta['method']} {meta.get('params') or ''}",
+        f"model        {model}, input {tuple(spec.get('input_shape', []))}, "
+        f"{spec.get('num_classes')} outputs",
+        f"classes      {meta.get('seen_classes')}",
+        f"updates      {meta.get('updates')}",
+        "memory       "
+        + (
+            f"{memory['size']}/{memory['capacity'] or 'unbounded'} ({memory['policy']})"
+            if memory
+            else "-"
+        ),
+        f"files        {len(manifest['files'])}, "
+        f"{sum(f['size'] for f in manifest['files'].values())} bytes",
+    ]
+    typer.echo("\n".join(lines))
+
+
+@app.command(name="list")
+def list_(root: Annotated[str, typer.Argument(help="Folder (or URL) holding states.")]) -> None:
+    """List the states in a folder with their parents, oldest first."""
+    from ricordo.state import list_states
+
+    states = list_states(root)
+    if not states:
+        typer.echo(f"no states in {root}")
+        return
+    for entry in states:
+        meta = entry.get("meta") or {}
+        parent = entry.get("parent") or "-"
+        typer.echo(
+            f"{entry['name']:<20} {entry['created']}  {meta.get('method', '?'):<10} "
+            f"updates={meta.get('updates', '?')}  parent={parent}"
+        )
+
+
+@app.command()
+def benchmark(
+    output: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("results"),
+    dataset: Annotated[str, typer.Option(help="Built-in dataset.")] = "digits",
+    scenario: Annotated[str, typer.Option(help="Scenario.")] = "class-incremental",
+    updates: Annotated[int, typer.Option(help="Number of chunks.")] = 5,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated methods to compare.")] = None,
+    method: Annotated[str | None, typer.Option(help="One method.")] = None,
+    model: Model = None,
+    hidden: Hidden = None,
+    config: ConfigFile = None,
+    model_option: ModelOption = None,
+    param: Param = None,
+    memory_size: MemorySize = None,
+    memory_policy: MemoryPolicy = None,
+    max_classes: MaxClasses = None,
+    optimizer: Optimizer = None,
+    lr: Lr = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    batch_size: BatchSize = None,
+    epochs: Epochs = None,
+    val_fraction: ValFraction = None,
+    patience: Patience = None,
+    seed: Seed = None,
+    backend: Backend = None,
+    accelerator: Accelerator = None,
+    devices: Devices = None,
+    precision: Precision = None,
+    strategy: Strategy = None,
+    progress: ShowProgress = None,
+) -> None:
+    """Run a whole scenario in one process and report the accuracy matrix and CL metrics.
+
+    With no options: digits, class-incremental, 5 updates, comparing finetune, er and joint.
+    """
+    from ricordo.bench import run_benchmark
+    from ricordo.config import UpdateConfig
+    from ricordo.data import load_builtin, make_scenario
+
+    if method and methods:
+        raise ConfigError("pass either --method or --methods, not both")
+    names = [method] if method else (methods or "finetune,er,joint").split(",")
+    names = [n.strip() for n in names if n.strip()]
+    options = _options(
+        model=model,
+        hidden=hidden,
+        config=config,
+        model_options=_pairs(model_option, "--model-option"),
+        params=_pairs(param, "--param"),
+        memory_size=memory_size,
+        memory_policy=memory_policy,
+        max_classes=max_classes,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        epochs=epochs,
+        val_fraction=val_fraction,
+        patience=patience,
+        seed=seed,
+        backend=backend,
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        strategy=strategy,
+        progress=progress,
+    )
+    configs = [UpdateConfig(method=name, **options) for name in names]  # validate all up front
+    train, test = load_builtin(dataset)
+    split = make_scenario(scenario, train, test, updates=updates, seed=configs[0].seed)
+    rows = []
+    for cfg in configs:
+        where = output if len(configs) == 1 else output / cfg.method
+        result = run_benchmark(split, cfg, output=where)
+        rows.append((cfg.method, result))
+        typer.echo(
+            f"{cfg.method}: done in {result['timing']['total_seconds']:.1f} s -> "
+            f"{where}/results.json",
+            err=True,
+        )
+    _print_table(rows)
+
+
+def _print_table(rows: list[tuple[str, dict[str, Any]]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Continual-learning metrics (accuracy in %)")
+    columns = [
+        "average_accuracy",
+        "average_incremental_accuracy",
+        "forgetting",
+        "backward_transfer",
+        "forward_transfer",
+    ]
+    table.add_column("method")
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    table.add_column("train s", justify="right")
+    for name, result in rows:
+        values = [result["metrics"][c] for c in columns]
+        table.add_row(
+            name,
+            *["-" if v is None else f"{100 * v:.1f}" for v in values],
+            f"{result['timing']['train_seconds']:.1f}",
+        )
+    Console(width=120).print(table)
+
+
+def main() -> None:
+    """Entry point: run the app, turning library errors into one line and an exit status.
+
+    Typer itself handles usage errors (exit 2); anything Ricordo raises on purpose, and OS
+    errors such as a full disk, become ``ricordo: error: ...`` with exit 1.
+    """
+    argv = sys.argv[1:]
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        app(args=argv, prog_name="ricordo")
+    except (RicordoError, OSError) as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split())
+        print(f"ricordo: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,122 @@
+"""UpdateConfig: every option of an update job, validated at construction.
+
+The CLI is a thin layer over this dataclass: each CLI option has the same name as a field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ricordo.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+BACKENDS = ("auto", "torch", "fabric")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+
+# Fields fixed for a whole lineage: changing them would make the stored state meaningless.
+LINEAGE_FIELDS = (
+    "model",
+    "hidden",
+    "config",
+    "model_options",
+    "method",
+    "memory_size",
+    "memory_policy",
+    "max_classes",
+)
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Options of one update job (model, method, memory, optimisation, devices, seed)."""
+
+    # What is trained (fixed for a lineage).
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (256, 128)
+    config: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    method: str = "er"
+    params: dict[str, Any] = field(default_factory=dict)
+    memory_size: int = 500
+    memory_policy: str = "reservoir"
+    max_classes: int = 1000
+    # How it is trained (may change from one update to the next).
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: int = 10
+    val_fraction: float = 0.0
+    patience: int | None = None
+    seed: int = 0
+    # Where it runs.
+    backend: str = "auto"
+    accelerator: str = "auto"
+    devices: int = 1
+    precision: str = "32-true"
+    strategy: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "model_options", dict(self.model_options))
+        object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "precision", str(self.precision))
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        _check(self.lr > 0, "lr", self.lr, "a positive learning rate such as 0.05")
+        _check(self.momentum >= 0, "momentum", self.momentum, "a value >= 0")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a value >= 0")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "a value in [0, 1)")
+        _check(
+            self.patience is None or self.patience >= 1,
+            "patience",
+            self.patience,
+            "an integer >= 1 (it needs --val-fraction > 0)",
+        )
+        _check(
+            self.patience is None or self.val_fraction > 0,
+            "patience",
+            self.patience,
+            "a validation split as well: add --val-fraction 0.1",
+        )
+        _check(self.memory_size >= 0, "memory_size", self.memory_size, "an integer >= 0")
+        _check(self.max_classes >= 1, "max_classes", self.max_classes, "an integer >= 1")
+        _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
+        _check(self.devices >= 1, "devices", self.devices, "an integer >= 1")
+
+    def replace(self, **changes: Any) -> UpdateConfig:
+        """A copy with some fields changed (validated again)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; valid options: {field_names()}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UpdateConfig:
+        """Rebuild from ``to_dict`` output: unknown keys are an error, missing ones take defaults."""
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown}; valid options: {field_names()}")
+        return cls(**data)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(UpdateConfig)]
+
+
+def _check(ok: bool, name: str, value: object, expected: str) -> None:
+    if not ok:
+        flag = "--" + name.replace("_", "-")
+        raise ConfigError(f"{flag} {value!r} is invalid; expected {expected}")

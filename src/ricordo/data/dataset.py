@@ -1,0 +1,61 @@
+"""The in-memory dataset every layer passes around: a float feature tensor and integer labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ricordo.errors import DataError
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features ``x`` (float32, first dim = samples) and class ids ``y`` (int64, shape (N,)).
+
+    Everything in Ricordo is tensor-batched: no per-sample Python objects on the hot path.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.ndim == 0 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"x has shape {tuple(self.x.shape)} and y {tuple(self.y.shape)}; "
+                "they need the same number of rows and y must be 1-D"
+            )
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+    def classes(self) -> list[int]:
+        """Sorted distinct class ids present in the data."""
+        return [int(c) for c in torch.unique(self.y).tolist()]
+
+    def subset(self, index: torch.Tensor) -> ArrayDataset:
+        return ArrayDataset(self.x[index], self.y[index])
+
+    def validate(self, *, name: str = "data") -> ArrayDataset:
+        """Reject data an update cannot use, with a message that says what to fix."""
+        if len(self) == 0:
+            raise DataError(f"{name} is empty (0 samples); pass a chunk with at least one sample")
+        if not torch.isfinite(self.x).all():
+            bad = int((~torch.isfinite(self.x)).flatten(1).any(1).sum())
+            raise DataError(
+                f"{name} has NaN or infinite features in {bad} sample(s); "
+                "clean or impute them before updating"
+            )
+        if int(self.y.min()) < 0:
+            raise DataError(
+                f"{name} has negative label {int(self.y.min())}; labels must be class ids 0..K-1"
+            )
+        return self
+
+    @staticmethod
+    def concat(parts: list[ArrayDataset]) -> ArrayDataset:
+        return ArrayDataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))

@@ -1,0 +1,394 @@
+"""Turn whatever the user has (files, arrays, tensors, torch datasets) into one ``ArrayDataset``.
+
+Every path ends in the same place: ``x`` float32 with its feature shape kept, ``y`` int64 of shape
+(N,). Problems are reported as one-line ``DataError`` messages that name the value and the fix.
+``load_data`` does not call ``ArrayDataset.validate``: the caller decides what is acceptable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ricordo.data.dataset import ArrayDataset
+from ricordo.errors import DataError
+
+SUPPORTED_SUFFIXES = (".npz", ".csv", ".parquet")
+_INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_LABEL_FIX = "map them to integer class ids 0..K-1 first"
+
+
+def load_data(
+    source: Any,
+    y: Any = None,
+    *,
+    target: str | None = None,
+    name: str | None = None,
+) -> ArrayDataset:
+    """Load ``source`` as an ``ArrayDataset`` so every layer above sees one format.
+
+    ``source`` is a path to ``.npz`` (arrays ``x`` and ``y``), ``.csv`` or ``.parquet`` (label
+    column ``target``, the other columns are features); an array or tensor of features with labels
+    ``y``; a pair ``(x, y)``; a mapping with keys ``"x"`` and ``"y"``; a map-style
+    ``torch.utils.data.Dataset`` of ``(x, y)`` items; or an ``ArrayDataset`` (returned as is).
+    ``name`` is used in error messages (default: the file name, else ``"data"``).
+    """
+    if isinstance(source, (str, Path)):
+        return _load_file(Path(source), y=y, target=target, name=name)
+    label = name or "data"
+    if target is not None:
+        raise DataError(
+            f"target={target!r} names a label column and applies only to CSV/Parquet files; "
+            f"{label} is a {type(source).__name__}, drop target="
+        )
+    if isinstance(source, ArrayDataset):
+        _no_y(y, label, "an ArrayDataset")
+        return source
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        if y is None:
+            raise DataError(
+                f"{label} is an array of features without labels; pass the labels too: "
+                "load_data(x, y)"
+            )
+        return _from_arrays(source, y, label)
+    if isinstance(source, (tuple, list)):
+        _no_y(y, label, "an (x, y) pair")
+        if len(source) != 2:
+            raise DataError(
+                f"{label} is a {type(source).__name__} of {len(source)} items; "
+                "pass exactly two: (x, y)"
+            )
+        return _from_arrays(source[0], source[1], label)
+    if isinstance(source, Mapping):
+        _no_y(y, label, "a mapping")
+        keys = [str(k) for k in source]
+        if "x" not in source or "y" not in source:
+            raise DataError(
+                f"{label} needs keys 'x' and 'y'; found keys: {', '.join(keys) or '(none)'}"
+            )
+        return _from_arrays(source["x"], source["y"], label)
+    if isinstance(source, torch.utils.data.IterableDataset):
+        raise DataError(
+            f"{label} is an iterable-style torch Dataset; pass a map-style Dataset "
+            "(with __len__ and __getitem__) or arrays"
+        )
+    if isinstance(source, torch.utils.data.Dataset):
+        _no_y(y, label, "a torch Dataset")
+        return _from_torch_dataset(source, label)
+    raise DataError(
+        f"cannot load {label} of type {type(source).__name__}; pass a path "
+        f"({', '.join(SUPPORTED_SUFFIXES)}), arrays x and y, an (x, y) pair, a dict with 'x' and "
+        "'y', or a map-style torch Dataset"
+    )
+
+
+def _no_y(y: Any, label: str, kind: str) -> None:
+    if y is not None:
+        raise DataError(f"{label} is {kind} that already carries labels; drop the separate y")
+
+
+# ----------------------------------------------------------------------------------- files
+
+
+def _load_file(path: Path, *, y: Any, target: str | None, name: str | None) -> ArrayDataset:
+    label = name or path.name
+    prefix = "" if label in (str(path), path.name) else f"{label}: "
+    if not path.exists():
+        raise DataError(f"{prefix}file {str(path)!r} not found; check the path")
+    if path.is_dir():
+        raise DataError(f"{prefix}{str(path)!r} is a directory; pass a data file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{label}: unsupported file type {suffix or '(no extension)'!r}; "
+            f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if y is not None:
+        raise DataError(f"{label} is a file that carries its own labels; drop the separate y")
+    if suffix == ".npz":
+        if target is not None:
+            raise DataError(
+                f"target={target!r} applies only to CSV/Parquet; {label} is .npz with arrays "
+                "'x' and 'y', drop target="
+            )
+        return _load_npz(path, label)
+    columns = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
+    return _from_columns(columns, target, label)
+
+
+def _load_npz(path: Path, label: str) -> ArrayDataset:
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would try to unpickle anything else
+        raise DataError(f"{label} is not a .npz (zip) archive; save it with np.savez(path, x=, y=)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            if "x" not in keys or "y" not in keys:
+                raise DataError(
+                    f"{label} needs arrays 'x' and 'y'; found: {', '.join(keys) or '(none)'}; "
+                    "save with np.savez(path, x=features, y=labels)"
+                )
+            x, y = npz["x"], npz["y"]
+    except DataError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(
+                f"{label} holds pickled object arrays, which Ricordo never loads; "
+                "save plain numeric arrays x and y"
+            ) from None
+        raise DataError(
+            f"{label} is not a readable .npz file ({e}); re-save it with np.savez"
+        ) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(
+            f"{label} is not a readable .npz file ({e}); re-save it with np.savez"
+        ) from None
+    return _from_arrays(x, y, label)
+
+
+def _read_csv(path: Path, label: str) -> dict[str, np.ndarray]:
+    """Read a CSV with a header row into one numpy array per column (float64, else str).
+
+    Comma-separated by default; a header with no comma but a ``;``, tab or ``|`` uses that instead
+    (spreadsheet exports in many locales).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        first = text.split("\n", 1)[0]
+        delimiter = ","
+        if "," not in first:
+            delimiter = next((d for d in ";\t|" if d in first), ",")
+        rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{label} is not a readable UTF-8 CSV file ({e})") from None
+    if not rows:
+        raise DataError(f"{label} is empty; a CSV needs a header row naming the columns")
+    header = [h.strip() for h in rows[0]]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DataError(f"{label} has duplicate column names: {', '.join(dupes)}; rename them")
+    for i, row in enumerate(rows[1:], start=1):
+        if len(row) != len(header):
+            raise DataError(
+                f"{label} data row {i} has {len(row)} fields but the header has {len(header)}; "
+                f"fix the row or the delimiter ({delimiter!r} used)"
+            )
+    body = np.array(rows[1:], dtype=str).reshape(len(rows) - 1, len(header))
+    columns: dict[str, np.ndarray] = {}
+    for j, col in enumerate(header):
+        raw = np.char.strip(body[:, j])
+        try:
+            columns[col] = np.where(raw == "", "nan", raw).astype(np.float64)
+        except ValueError:
+            columns[col] = raw
+    return columns
+
+
+def _read_parquet(path: Path, label: str) -> dict[str, np.ndarray]:
+    """Read a Parquet file into one numpy array per column (numeric, else object)."""
+    try:
+        import pyarrow.parquet as pq
+        import pyarrow.types as pat
+    except ImportError:
+        raise DataError("reading Parquet needs pyarrow; pip install 'ricordo[tables]'") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several unrelated types for bad files
+        raise DataError(f"{label} is not a readable Parquet file ({e})") from None
+    columns: dict[str, np.ndarray] = {}
+    for field, col in zip(table.schema, table.columns, strict=True):
+        t = field.type
+        if pat.is_integer(t) or pat.is_floating(t) or pat.is_boolean(t) or pat.is_decimal(t):
+            values = col.to_numpy()
+            if values.dtype == object:  # decimals, or booleans with nulls
+                values = np.array([np.nan if v is None else float(v) for v in values])
+            columns[field.name] = values
+        elif pat.is_string(t) or pat.is_large_string(t) or pat.is_dictionary(t):
+            columns[field.name] = np.array(col.to_pylist(), dtype=object).astype(str)
+        else:  # lists, structs, timestamps, binary: kept as objects and refused downstream
+            values = np.empty(len(col), dtype=object)
+            for i, v in enumerate(col.to_pylist()):
+                values[i] = v
+            columns[field.name] = values
+    return columns
+
+
+def _from_columns(columns: dict[str, np.ndarray], target: str | None, label: str) -> ArrayDataset:
+    names = list(columns)
+    if target is None:
+        raise DataError(
+            f"{label} is a table; name its label column with target=COLUMN "
+            f"(CLI: --target COLUMN); columns: {', '.join(names)}"
+        )
+    if target not in columns:
+        raise DataError(f"{label} has no column {target!r}; available columns: {', '.join(names)}")
+    features = [c for c in names if c != target]
+    if not features:
+        raise DataError(f"{label} has only the label column {target!r}; it needs feature columns")
+    bad = [c for c in features if columns[c].dtype.kind not in "biuf"]
+    if bad:
+        raise DataError(
+            f"{label} has non-numeric feature columns: {', '.join(bad)}; "
+            "encode them as numbers or drop them"
+        )
+    x = np.stack([columns[c].astype(np.float32) for c in features], axis=1)
+    y = _labels(columns[target], f"column {target!r}", label)
+    return ArrayDataset(torch.from_numpy(x), y)
+
+
+# ---------------------------------------------------------------------------------- arrays
+
+
+def _from_arrays(x: Any, y: Any, label: str) -> ArrayDataset:
+    xt = _features(x, label)
+    yt = _labels(y, label, label)
+    if xt.shape[0] != yt.shape[0]:
+        raise DataError(
+            f"{label} has {xt.shape[0]} feature rows but {yt.shape[0]} labels; "
+            "pass exactly one label per row"
+        )
+    return ArrayDataset(xt, yt)
+
+
+def _as_numpy(a: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as e:
+        raise DataError(
+            f"{what} cannot be read as one array ({e}); pass a rectangular array"
+        ) from None
+
+
+def _features(x: Any, label: str) -> torch.Tensor:
+    """Features as a float32 tensor, keeping their shape (and device, for tensors)."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_complex:
+            raise DataError(f"features in {label} are complex ({x.dtype}); pass real numbers")
+        out = x.detach().to(torch.float32)
+    else:
+        arr = _as_numpy(x, f"features in {label}")
+        if arr.dtype.kind == "O":
+            try:
+                arr = arr.astype(np.float32)
+            except (ValueError, TypeError):
+                raise DataError(
+                    f"features in {label} are Python objects that are not numbers; "
+                    "pass a numeric array"
+                ) from None
+        if arr.ndim == 0:
+            raise DataError(f"features in {label} are a single number; pass one row per sample")
+        if arr.dtype.kind not in "biuf":
+            raise DataError(
+                f"features in {label} have dtype {arr.dtype} (not numbers); "
+                "encode them as numbers first"
+            )
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        out = torch.from_numpy(arr)
+    if out.ndim == 0:
+        raise DataError(f"features in {label} are a single number; pass one row per sample")
+    return out
+
+
+def _labels(y: Any, where: str, label: str) -> torch.Tensor:
+    """Labels as an int64 vector; strings and fractional numbers are refused, not guessed."""
+    if isinstance(y, torch.Tensor):
+        t = y.detach()
+    else:
+        arr = _as_numpy(y, f"labels in {where}")
+        if arr.dtype.kind in "US" or (
+            arr.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in arr.flat)
+        ):
+            raise DataError(f"labels in {where} are strings; {_LABEL_FIX}")
+        if arr.dtype.kind == "O":
+            try:
+                arr = arr.astype(np.float64)
+            except (ValueError, TypeError):
+                raise DataError(f"labels in {where} are not numbers; {_LABEL_FIX}") from None
+        if arr.dtype.kind not in "biuf":
+            raise DataError(f"labels in {where} have dtype {arr.dtype}; {_LABEL_FIX}")
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    if t.ndim != 1:
+        raise DataError(
+            f"labels in {where} have shape {tuple(t.shape)}; pass a 1-D vector of class ids "
+            "(one-hot labels: y.argmax(1); column vectors: y.ravel())"
+        )
+    if t.dtype.is_complex:
+        raise DataError(f"labels in {where} are complex numbers; {_LABEL_FIX}")
+    if t.dtype.is_floating_point:
+        missing = int(torch.isnan(t).sum())
+        if missing:
+            raise DataError(
+                f"labels in {where} are missing (NaN or empty) in {missing} row(s); "
+                "drop or fill those rows"
+            )
+        whole = torch.isfinite(t) & (t == torch.round(t))
+        if not bool(whole.all()):
+            bad = t[~whole][0].item()
+            raise DataError(
+                f"labels in {where} are not whole numbers (e.g. {bad}); labels must be "
+                "integer class ids 0..K-1 (regression targets are not supported)"
+            )
+    return t.to(torch.int64)
+
+
+# --------------------------------------------------------------------------- torch datasets
+
+
+def _from_torch_dataset(ds: torch.utils.data.Dataset, label: str) -> ArrayDataset:
+    tensors = getattr(ds, "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) == 2:  # TensorDataset: no per-item loop
+        return _from_arrays(tensors[0], tensors[1], label)
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError:
+        raise DataError(
+            f"{label} is a torch Dataset without __len__; give it one or pass arrays"
+        ) from None
+    xs: list[torch.Tensor] = []
+    ys: list[Any] = []
+    for i in range(n):
+        item = ds[i]
+        if not isinstance(item, Sequence) or isinstance(item, (str, bytes)) or len(item) != 2:
+            raise DataError(
+                f"item {i} of {label} is a {type(item).__name__}, not an (x, y) pair; "
+                "make __getitem__ return (features, label)"
+            )
+        xi, yi = item
+        if isinstance(xi, torch.Tensor):
+            ok = xi.dtype.is_floating_point or xi.dtype in _INT_DTYPES
+            kind = str(xi.dtype)
+        else:
+            xi = _as_numpy(xi, f"features of item {i} of {label}")
+            ok, kind = xi.dtype.kind in "biuf", str(xi.dtype)
+        if not ok:
+            raise DataError(f"features of item {i} of {label} have dtype {kind}; return numbers")
+        xi = torch.as_tensor(xi).detach().to(torch.float32)
+        if xs and xi.shape != xs[0].shape:
+            raise DataError(
+                f"item {i} of {label} has feature shape {tuple(xi.shape)} but item 0 has "
+                f"{tuple(xs[0].shape)}; all samples need the same shape"
+            )
+        if isinstance(yi, torch.Tensor):
+            if yi.numel() != 1:
+                raise DataError(
+                    f"item {i} of {label} has a label of shape {tuple(yi.shape)}; "
+                    "return one class id per item"
+                )
+            yi = yi.reshape(()).item()
+        ys.append(yi)
+        xs.append(xi)
+    if not xs:
+        return ArrayDataset(torch.empty(0), torch.empty(0, dtype=torch.int64))
+    return _from_arrays(torch.stack(xs), np.array(ys), label)

@@ -1,0 +1,1 @@
+"""The engine: backends, the training loop of one update, evaluation, progress."""

@@ -1,0 +1,44 @@
+"""Batched evaluation: accuracy and cross-entropy, robust to labels the model has no output for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ricordo.data.dataset import ArrayDataset
+
+
+@torch.no_grad()
+def evaluate_logits(
+    predict: Callable[[Tensor], Tensor],
+    data: ArrayDataset,
+    batch_size: int,
+    device: torch.device,
+    model: nn.Module,
+) -> dict[str, float]:
+    """Accuracy and mean loss of ``predict`` (x -> logits) on ``data``.
+
+    A label beyond the model's outputs (a class not seen yet) counts as an error and is left out
+    of the loss, so unseen chunks can be evaluated (forward transfer needs them).
+    """
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, loss_count = 0, 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.x[start : start + batch_size].to(device)
+        y = data.y[start : start + batch_size].to(device)
+        logits = predict(x).float()
+        correct += int((logits.argmax(1) == y).sum())
+        known = y < logits.shape[1]
+        if bool(known.any()):
+            loss_sum += float(F.cross_entropy(logits[known], y[known], reduction="sum"))
+            loss_count += int(known.sum())
+    model.train(was_training)
+    return {
+        "accuracy": correct / max(1, len(data)),
+        "loss": loss_sum / loss_count if loss_count else float("nan"),
+        "samples": float(len(data)),
+    }

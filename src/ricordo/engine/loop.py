@@ -1,0 +1,144 @@
+"""The training loop of one update: seeded batches over tensors, early stopping, NaN guard."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ricordo.config import UpdateConfig
+from ricordo.data.dataset import ArrayDataset
+from ricordo.engine.backend import make_backend
+from ricordo.engine.evaluate import evaluate_logits
+from ricordo.engine.progress import Progress
+from ricordo.errors import TrainingDivergedError
+from ricordo.methods.base import Batch, Method, UpdateContext
+
+
+@dataclass
+class TrainReport:
+    """What one update's training did (recorded in the state's history)."""
+
+    steps: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+    final_loss: float = float("nan")
+    best_epoch: int | None = None
+    val_accuracy: list[float] = field(default_factory=list)
+    backend: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 4),
+            "final_loss": self.final_loss,
+            "best_epoch": self.best_epoch,
+            "val_accuracy": self.val_accuracy,
+            "backend": self.backend,
+        }
+
+
+def make_optimizer(model: nn.Module, config: UpdateConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def split_validation(
+    data: ArrayDataset, fraction: float, generator: torch.Generator
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """Hold out a seeded random ``fraction`` of the chunk for validation / early stopping."""
+    if fraction <= 0 or len(data) < 2:
+        return data, None
+    order = torch.randperm(len(data), generator=generator)
+    n_val = max(1, int(round(fraction * len(data))))
+    n_val = min(n_val, len(data) - 1)
+    return data.subset(order[n_val:]), data.subset(order[:n_val])
+
+
+def train_update(
+    model: nn.Module,
+    method: Method,
+    data: ArrayDataset,
+    ctx: UpdateContext,
+) -> TrainReport:
+    """Run the configured epochs of one update; the method supplies the loss of each step."""
+    config = ctx.config
+    started = time.perf_counter()
+    backend = make_backend(config)
+    model.to(backend.device)
+    ctx.device = backend.device
+    optimizer = make_optimizer(model, config)
+    wrapped, optimizer = backend.setup(model, optimizer)
+    ctx.model = wrapped
+    report = TrainReport(backend=backend.name)
+
+    train_data, val_data = split_validation(data, config.val_fraction, ctx.generator)
+    method.begin_update(train_data, ctx)
+    iterate = method.training_data(train_data, ctx)
+    x_all, y_all = iterate.x, iterate.y
+    steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
+    best_accuracy, best_state, bad_epochs = -1.0, None, 0
+
+    total = steps_per_epoch * config.epochs
+    description = f"update {ctx.update_index} ({method.name})"
+    with Progress(total, description, enabled=config.progress) as progress:
+        for epoch in range(config.epochs):
+            wrapped.train()
+            order = torch.randperm(len(iterate), generator=ctx.generator)
+            for start in range(0, len(iterate), config.batch_size):
+                index = order[start : start + config.batch_size]
+                batch = Batch(x_all[index].to(backend.device), y_all[index].to(backend.device))
+                with backend.autocast():
+                    loss = method.loss(batch, ctx)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(
+                        f"the loss became {value} at update {ctx.update_index}, epoch {epoch}, "
+                        f"step {report.steps}; lower --lr (now {config.lr}) or check the data; "
+                        "no state was written"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                backend.backward(loss)
+                optimizer.step()
+                method.after_step(batch, ctx)
+                report.steps += 1
+                ctx.step = report.steps
+                report.final_loss = value
+                progress.advance(status=f"loss {value:.4f}")
+            report.epochs = epoch + 1
+            if val_data is not None:
+                accuracy = evaluate_logits(
+                    lambda x: method.predict(x, ctx),
+                    val_data,
+                    config.batch_size * 4,
+                    backend.device,
+                    wrapped,
+                )["accuracy"]
+                report.val_accuracy.append(accuracy)
+                if accuracy > best_accuracy:
+                    best_accuracy, bad_epochs = accuracy, 0
+                    report.best_epoch = epoch
+                    if config.patience is not None:
+                        best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad_epochs += 1
+                    if config.patience is not None and bad_epochs >= config.patience:
+                        break
+    if best_state is not None:
+        # Early stopping restores the weights of the best validation epoch.
+        model.load_state_dict(best_state)
+    ctx.model = model
+    method.end_update(train_data, ctx)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,43 @@
+"""Library exceptions: each message is one line that names the offending value and the fix."""
+
+from __future__ import annotations
+
+
+class RicordoError(Exception):
+    """Base class for every error Ricordo raises on purpose (the CLI prints it in one line)."""
+
+
+class ConfigError(RicordoError, ValueError):
+    """An option, method, model or parameter is unknown or out of range."""
+
+
+class DataError(RicordoError, ValueError):
+    """Input data is unusable: empty, wrong shape, non-finite, labels out of range."""
+
+
+class StateError(RicordoError):
+    """A state cannot be read or written."""
+
+
+class StateNotFoundError(StateError, FileNotFoundError):
+    """No state (or no manifest) at the given location."""
+
+
+class StateCorruptError(StateError):
+    """A state file is missing, truncated or fails its checksum."""
+
+
+class StateVersionError(StateError):
+    """The state was written in a format this library version cannot read."""
+
+
+class StateExistsError(StateError, FileExistsError):
+    """The target state already exists and overwrite was not requested."""
+
+
+class StateLockedError(StateError):
+    """Another live job holds the lock on the state being written."""
+
+
+class TrainingDivergedError(RicordoError):
+    """The loss became NaN or infinite; no state was written."""

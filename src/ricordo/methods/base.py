@@ -1,0 +1,159 @@
+"""The method contract: a small class with explicit state; the engine owns loop and optimizer."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ricordo.errors import ConfigError
+from ricordo.registry import Registry
+
+if TYPE_CHECKING:
+    from ricordo.config import UpdateConfig
+    from ricordo.data.dataset import ArrayDataset
+    from ricordo.memory import TensorMemory
+
+
+@dataclass
+class Batch:
+    """One training batch on the training device (``x`` features, ``y`` class ids)."""
+
+    x: Tensor
+    y: Tensor
+
+
+@dataclass
+class UpdateContext:
+    """What a method may read during one update (it never reaches into the engine itself)."""
+
+    model: nn.Module
+    config: UpdateConfig
+    update_index: int
+    device: torch.device
+    generator: torch.Generator
+    seen_classes: list[int]
+    chunk_classes: list[int]
+    step: int = 0
+
+    def logits(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Hyperparameters of a method that has none."""
+
+
+class Method:
+    """Base class. Subclasses set ``name``, optionally ``Params`` and ``memory_spec``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    summary: ClassVar[str] = ""
+
+    def __init__(self, params: Any, memory: TensorMemory | None) -> None:
+        self.params = params
+        self.memory = memory
+
+    # -- memory ------------------------------------------------------------------------------
+    @classmethod
+    def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str] | None:
+        """(capacity, policy) of the rehearsal memory this method needs, or None for none."""
+        return None
+
+    # -- lifecycle hooks -----------------------------------------------------------------------
+    def begin_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        """A new chunk arrives (before training)."""
+
+    def training_data(self, data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
+        """The data the engine iterates over in this update (default: the new chunk)."""
+        return data
+
+    def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
+        """The training loss of one step (default: cross-entropy on the batch)."""
+        return F.cross_entropy(ctx.logits(batch.x), batch.y)
+
+    def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        """Called after each optimizer step (e.g. reservoir insertion)."""
+
+    def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        """Training on the chunk has finished."""
+
+    def predict(self, x: Tensor, ctx: UpdateContext) -> Tensor:
+        """Logits used for prediction and evaluation."""
+        return ctx.logits(x)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Method tensors (old logits, Fisher, ...) to save; the memory is saved separately."""
+        return {}
+
+    def state_json(self) -> dict[str, Any]:
+        """JSON-able method state other than hyperparameters."""
+        return {}
+
+    def load_state(self, tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
+        """Restore what ``state_tensors``/``state_json`` returned."""
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: add a method to the registry under its ``name``."""
+    return METHODS.register(cls.name)(cls)
+
+
+def parse_params(method: type[Method], values: dict[str, Any]) -> Any:
+    """Build the method's Params dataclass from strings or values, rejecting unknown names."""
+    fields = {f.name: f for f in dataclasses.fields(method.Params)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "none"
+        raise ConfigError(
+            f"method {method.name!r} has no parameter(s) {unknown}; its parameters: {valid}"
+        )
+    hints = typing.get_type_hints(method.Params)
+    converted = {k: _convert(method.name, k, v, hints[k]) for k, v in values.items()}
+    try:
+        return method.Params(**converted)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"method {method.name!r}: {error}") from None
+
+
+def params_to_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params)
+
+
+def _convert(method: str, name: str, value: Any, hint: Any) -> Any:
+    """Convert a CLI string to the annotated type (int, float, bool, str, or Optional of one)."""
+    if not isinstance(value, str):
+        return value
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if type(None) in options and value.lower() in ("none", "null", ""):
+        return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            if option is bool:
+                if value.lower() in ("true", "1", "yes"):
+                    return True
+                if value.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(value)
+            return option(value)
+        except (TypeError, ValueError):
+            continue
+    raise ConfigError(f"method {method!r} parameter {name}={value!r} is not a valid {hint}")
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)

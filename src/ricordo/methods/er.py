@@ -1,0 +1,60 @@
+"""Experience replay (ER): every step mixes the new batch with a batch drawn from the memory.
+
+Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning". The memory is filled by
+reservoir sampling (or any policy) from the stream of training batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ricordo.config import UpdateConfig
+from ricordo.errors import ConfigError
+from ricordo.methods.base import Batch, Method, UpdateContext, register
+
+
+@dataclass(frozen=True)
+class ERParams:
+    memory_batch_size: int | None = None  # rows drawn from the memory per step; None = batch size
+
+    def __post_init__(self) -> None:
+        if self.memory_batch_size is not None and self.memory_batch_size < 1:
+            raise ConfigError(f"memory_batch_size={self.memory_batch_size} must be >= 1")
+
+
+@register
+class ExperienceReplay(Method):
+    name = "er"
+    Params = ERParams
+    summary = "Mix each new batch with a batch replayed from a reservoir memory."
+
+    @classmethod
+    def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
+        if config.memory_size < 1:
+            raise ConfigError("method 'er' needs a memory: pass --memory-size N with N >= 1")
+        return config.memory_size, config.memory_policy
+
+    def replay_batch(self, batch: Batch, ctx: UpdateContext) -> Batch | None:
+        """A batch sampled from the memory, on the training device (None while it is empty)."""
+        assert self.memory is not None
+        if len(self.memory) == 0:
+            return None
+        size = self.params.memory_batch_size or ctx.config.batch_size
+        rows = self.memory.sample(size)
+        return Batch(rows["x"].to(ctx.device), rows["y"].to(ctx.device))
+
+    def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
+        replay = self.replay_batch(batch, ctx)
+        if replay is None:
+            return F.cross_entropy(ctx.logits(batch.x), batch.y)
+        x = torch.cat([batch.x, replay.x])
+        y = torch.cat([batch.y, replay.y])
+        return F.cross_entropy(ctx.logits(x), y)
+
+    def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        self.memory.add({"x": batch.x, "y": batch.y})

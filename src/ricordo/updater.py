@@ -1,0 +1,359 @@
+"""The Updater: load a state, update the model on a new chunk, evaluate, predict, save.
+
+One ``Updater`` is one lineage of model versions. Each ``update`` is a continual-learning step;
+``save`` writes a self-contained, checksummed state (see ``ricordo.state``) that ``load`` reads
+back in another process and continues from bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import Tensor, nn
+
+from ricordo import __version__
+from ricordo.config import LINEAGE_FIELDS, UpdateConfig
+from ricordo.data.dataset import ArrayDataset
+from ricordo.data.loaders import load_data
+from ricordo.engine.evaluate import evaluate_logits
+from ricordo.engine.loop import TrainReport, train_update
+from ricordo.errors import ConfigError, DataError, StateCorruptError
+from ricordo.memory import TensorMemory
+from ricordo.methods import METHODS, Method, UpdateContext, params_to_dict, parse_params
+from ricordo.models import build_model, grow_output_layer, make_spec, num_outputs
+from ricordo.state import read_state, write_state
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+METHOD_TENSORS = "method.safetensors"
+METHOD_JSON = "method.json"
+HISTORY_FILE = "history.json"
+
+
+class Updater:
+    """A model plus its CL method and memory, updated chunk by chunk.
+
+    >>> updater = Updater(method="er", memory_size=200, epochs=5)   # doctest: +SKIP
+    >>> updater.update(train_chunk); updater.save("state/v0")      # doctest: +SKIP
+    """
+
+    def __init__(self, config: UpdateConfig | None = None, **options: Any) -> None:
+        base = config or UpdateConfig()
+        self.config = base.replace(**options) if options else base
+        method_cls = METHODS.get(self.config.method)
+        self._method_cls = method_cls
+        self.params = parse_params(method_cls, self.config.params)
+        # Store typed values ("0.5" from the CLI becomes 0.5) so the state records real numbers.
+        self.config = self.config.replace(params=params_to_dict(self.params))
+        self.model: nn.Module | None = None
+        self.model_spec: dict[str, Any] | None = None
+        self.seen_classes: list[int] = []
+        self.history: list[dict[str, Any]] = []
+        self.source_url: str | None = None
+        memory = self._new_memory()
+        self.method: Method = method_cls(self.params, memory)
+
+    # -- construction --------------------------------------------------------------------------
+    def _new_memory(self) -> TensorMemory | None:
+        spec = self._method_cls.memory_spec(self.config)
+        if spec is None:
+            return None
+        capacity, policy = spec
+        return TensorMemory(capacity, policy=policy, seed=self.config.seed)
+
+    @property
+    def updates(self) -> int:
+        """How many updates this lineage has had."""
+        return len(self.history)
+
+    @property
+    def memory(self) -> TensorMemory | None:
+        return self.method.memory
+
+    def initialize(self, data: Any, y: Any = None) -> nn.Module:
+        """Build the model for data shaped like ``data`` without training (also done by update)."""
+        chunk = load_data(data, y)
+        if self.model is None:
+            self._build_first_model(chunk)
+        assert self.model is not None
+        return self.model
+
+    def _build_first_model(self, chunk: ArrayDataset) -> None:
+        num_classes = max(chunk.classes()) + 1
+        self.model_spec = make_spec(
+            model=self.config.model,
+            input_shape=chunk.feature_shape,
+            num_classes=num_classes,
+            hidden=self.config.hidden,
+            config=self.config.config,
+            options=self.config.model_options,
+        )
+        self.model = build_model(self.model_spec, generator_seed=self.config.seed)
+        self.model_spec["num_classes"] = num_outputs(self.model)
+
+    # -- the update ----------------------------------------------------------------------------
+    def update(self, data: Any, y: Any = None, **overrides: Any) -> dict[str, Any]:
+        """Train on a new chunk; on any error the Updater is left exactly as before.
+
+        ``overrides`` change training options (lr, epochs, ...) from this update on; the fields
+        that define the lineage (model, method, memory) cannot change.
+        """
+        chunk = load_data(data, y).validate(name="the chunk")
+        previous_config = self.config
+        if overrides:
+            self.config = self._with_overrides(overrides)
+        snapshot = self._snapshot()
+        try:
+            return self._update(chunk)
+        except BaseException:
+            self._restore(snapshot)
+            self.config = previous_config
+            raise
+
+    def _with_overrides(self, overrides: dict[str, Any]) -> UpdateConfig:
+        fixed = sorted(
+            k for k in overrides if k in LINEAGE_FIELDS and overrides[k] != getattr(self.config, k)
+        )
+        if fixed and self.model is not None:
+            raise ConfigError(
+                f"option(s) {fixed} are fixed for this lineage (stored in the state); "
+                "start a new lineage without --state to change them"
+            )
+        new = self.config.replace(**overrides)
+        if "params" in overrides:
+            self.params = parse_params(self._method_cls, {**self.config.params, **new.params})
+            self.method.params = self.params
+            new = new.replace(params=params_to_dict(self.params))
+        return new
+
+    def _check_chunk(self, chunk: ArrayDataset) -> None:
+        top = max(chunk.classes())
+        if top >= self.config.max_classes:
+            raise DataError(
+                f"the chunk has label {top} but the model can grow to at most "
+                f"{self.config.max_classes} classes (0..{self.config.max_classes - 1}); "
+                "remap the labels or start a lineage with a larger --max-classes"
+            )
+        if self.model_spec is not None:
+            expected = tuple(self.model_spec["input_shape"])
+            if chunk.feature_shape != expected:
+                raise DataError(
+                    f"the chunk has feature shape {chunk.feature_shape} but the model expects "
+                    f"{expected}; reshape the data to match the first chunk"
+                )
+
+    def _update(self, chunk: ArrayDataset) -> dict[str, Any]:
+        self._check_chunk(chunk)
+        index = self.updates
+        generator = torch.Generator().manual_seed(_derive_seed(self.config.seed, index))
+        if self.model is None:
+            self._build_first_model(chunk)
+        assert self.model is not None and self.model_spec is not None
+        seen = sorted(set(self.seen_classes) | set(chunk.classes()))
+        grow_output_layer(self.model, max(seen) + 1, generator)
+        self.model_spec["num_classes"] = num_outputs(self.model)
+        ctx = UpdateContext(
+            model=self.model,
+            config=self.config,
+            update_index=index,
+            device=torch.device("cpu"),
+            generator=generator,
+            seen_classes=seen,
+            chunk_classes=chunk.classes(),
+        )
+        # Dropout and other global-RNG users draw from a seed of this update only, so the same
+        # lineage gives the same numbers whether or not it was saved and reloaded in between.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_derive_seed(self.config.seed, index) + 1)
+            report: TrainReport = train_update(self.model, self.method, chunk, ctx)
+        self.model.to("cpu")
+        self.seen_classes = seen
+        record = {
+            "update": index,
+            "finished": _now(),
+            "library_version": __version__,
+            "data": {
+                "samples": len(chunk),
+                "classes": chunk.classes(),
+                "fingerprint": fingerprint(chunk),
+            },
+            "config": self.config.to_dict(),
+            "train": report.to_dict(),
+        }
+        self.history.append(record)
+        return record
+
+    def _snapshot(self) -> tuple[Any, ...]:
+        return (
+            copy.deepcopy(self.model),
+            copy.deepcopy(self.model_spec),
+            copy.deepcopy(self.method),
+            list(self.seen_classes),
+            copy.deepcopy(self.history),
+        )
+
+    def _restore(self, snapshot: tuple[Any, ...]) -> None:
+        self.model, self.model_spec, self.method, self.seen_classes, self.history = snapshot
+
+    # -- inference -----------------------------------------------------------------------------
+    def _require_model(self) -> nn.Module:
+        if self.model is None:
+            raise ConfigError("the model has not been trained yet; call update() or load a state")
+        return self.model
+
+    def _inference_inputs(self, x: Any) -> Tensor:
+        model = self._require_model()
+        assert self.model_spec is not None
+        tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
+        tensor = tensor.float()
+        expected = tuple(self.model_spec["input_shape"])
+        if tuple(tensor.shape[1:]) != expected:
+            raise DataError(
+                f"inputs have feature shape {tuple(tensor.shape[1:])} but the model expects "
+                f"{expected}; reshape them"
+            )
+        if not torch.isfinite(tensor).all():
+            raise DataError("inputs contain NaN or infinite values; clean them before predicting")
+        del model
+        return tensor
+
+    @torch.no_grad()
+    def predict_logits(self, x: Any, batch_size: int = 1024) -> Tensor:
+        """Logits (N, classes) for inputs shaped like the training features."""
+        model = self._require_model()
+        inputs = self._inference_inputs(x)
+        ctx = self._inference_context(model)
+        was_training = model.training
+        model.eval()
+        outputs = [
+            self.method.predict(inputs[i : i + batch_size], ctx).float()
+            for i in range(0, len(inputs), batch_size)
+        ]
+        model.train(was_training)
+        return torch.cat(outputs) if outputs else torch.empty(0, num_outputs(model))
+
+    def predict(self, x: Any, batch_size: int = 1024) -> Tensor:
+        """Predicted class ids (N,)."""
+        return self.predict_logits(x, batch_size).argmax(1)
+
+    def predict_proba(self, x: Any, batch_size: int = 1024) -> Tensor:
+        """Class probabilities (N, classes)."""
+        return self.predict_logits(x, batch_size).softmax(1)
+
+    def evaluate(self, data: Any, y: Any = None, batch_size: int = 1024) -> dict[str, float]:
+        """Accuracy and cross-entropy on labelled data."""
+        model = self._require_model()
+        chunk = load_data(data, y).validate(name="the evaluation data")
+        self._inference_inputs(chunk.x[:1])
+        ctx = self._inference_context(model)
+        result = evaluate_logits(
+            lambda x: self.method.predict(x, ctx), chunk, batch_size, torch.device("cpu"), model
+        )
+        return {"accuracy": result["accuracy"], "loss": result["loss"], "samples": len(chunk)}
+
+    def _inference_context(self, model: nn.Module) -> UpdateContext:
+        return UpdateContext(
+            model=model,
+            config=self.config,
+            update_index=self.updates,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(0),
+            seen_classes=self.seen_classes,
+            chunk_classes=[],
+        )
+
+    # -- state ---------------------------------------------------------------------------------
+    def save(self, url: str, *, overwrite: bool = False) -> dict[str, Any]:
+        """Write the state atomically to ``url`` (path or fsspec URL); returns the manifest."""
+        model = self._require_model()
+        files: dict[str, bytes] = {
+            MODEL_FILE: save_tensors(_contiguous(model.state_dict())),
+            METHOD_TENSORS: save_tensors(_contiguous(self.method.state_tensors())),
+            METHOD_JSON: _json_bytes(self.method.state_json()),
+            HISTORY_FILE: _json_bytes(self.history),
+        }
+        if self.memory is not None:
+            files.update(self.memory.to_files())
+        meta = {
+            "method": self.config.method,
+            "params": params_to_dict(self.params),
+            "config": self.config.to_dict(),
+            "model_spec": self.model_spec,
+            "seen_classes": self.seen_classes,
+            "updates": self.updates,
+            "memory": None
+            if self.memory is None
+            else {
+                "policy": self.memory.policy_name,
+                "capacity": self.memory.capacity,
+                "size": len(self.memory),
+            },
+        }
+        return write_state(url, files, meta, parent=self.source_url, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, url: str) -> Updater:
+        """Read a state written by :meth:`save`, verifying every checksum."""
+        state = read_state(url)
+        meta = state.meta
+        try:
+            config = UpdateConfig.from_dict(meta["config"])
+            updater = cls(config)
+            updater.model_spec = meta["model_spec"]
+            updater.seen_classes = [int(c) for c in meta["seen_classes"]]
+            updater.history = json.loads(state.files[HISTORY_FILE])
+            model = build_model(updater.model_spec, generator_seed=config.seed)
+            model.load_state_dict(load_tensors(state.files[MODEL_FILE]))
+            updater.model = model
+            updater.method.load_state(
+                load_tensors(state.files[METHOD_TENSORS]), json.loads(state.files[METHOD_JSON])
+            )
+            if updater.memory is not None:
+                updater.method.memory = TensorMemory.from_files(state.files)
+        except (KeyError, RuntimeError, ValueError, json.JSONDecodeError) as error:
+            if isinstance(error, ConfigError):
+                raise
+            raise StateCorruptError(
+                f"state at {url} has valid checksums but cannot be rebuilt: "
+                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}; "
+                "was it written by another program?"
+            ) from None
+        updater.source_url = url
+        return updater
+
+
+def fingerprint(data: ArrayDataset) -> str:
+    """sha256 of the chunk's tensors: identifies the data an update saw, without storing it."""
+    digest = hashlib.sha256()
+    for tensor in (data.x, data.y):
+        buffer = io.BytesIO(tensor.contiguous().numpy().tobytes())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(buffer.getbuffer())
+    return digest.hexdigest()
+
+
+def _derive_seed(seed: int, update_index: int) -> int:
+    return (seed * 1_000_003 + update_index * 7_919) % (2**63 - 1)
+
+
+def _contiguous(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,113 @@
+"""finetune, er and joint: each learns, each survives a save/load, each shows its signature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.errors import ConfigError
+from ricordo.methods import METHODS
+
+CORE = ["finetune", "er", "joint"]
+FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
+
+
+def test_registry_lists_the_core_methods() -> None:
+    assert set(CORE) <= set(METHODS.names())
+
+
+@pytest.mark.parametrize("method", CORE)
+def test_method_learns_the_new_chunk(method: str, digits_scenario: Scenario) -> None:
+    updater = Updater(method=method, **FAST)
+    updater.update(digits_scenario.train[0])
+    # Two classes per chunk: chance is 0.5.
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("method", CORE)
+def test_reload_after_update_k_predicts_and_continues_identically(
+    method: str, digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method=method, **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1"))
+    test_all = digits_scenario.test_all()
+    assert torch.equal(reloaded.predict_logits(test_all.x), updater.predict_logits(test_all.x))
+    updater.update(digits_scenario.train[2])
+    reloaded.update(digits_scenario.train[2])
+    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    if updater.memory is not None:
+        assert reloaded.memory is not None
+        for field, value in updater.memory.get().items():
+            assert torch.equal(value, reloaded.memory.get()[field])
+
+
+def test_finetune_forgets_and_er_remembers(digits_scenario: Scenario) -> None:
+    final = {}
+    for method in ("finetune", "er"):
+        updater = Updater(method=method, epochs=10, memory_size=200, progress=False)
+        for chunk in digits_scenario.train:
+            updater.update(chunk)
+        final[method] = updater.evaluate(digits_scenario.test[0])["accuracy"]
+    assert final["finetune"] < 0.2  # chunk 0's classes are overwritten by later chunks
+    assert final["er"] > final["finetune"] + 0.4
+
+
+def test_er_memory_holds_a_sample_of_every_chunk(digits_scenario: Scenario) -> None:
+    updater = Updater(method="er", **FAST)
+    for chunk in digits_scenario.train[:3]:
+        updater.update(chunk)
+    assert updater.memory is not None
+    stored = updater.memory.get()
+    assert len(updater.memory) == 100
+    classes = set(stored["y"].tolist())
+    for chunk_classes in digits_scenario.chunk_classes[:3]:
+        assert classes & set(chunk_classes), "the reservoir dropped a whole chunk"
+
+
+def test_er_replays_memory_rows_in_every_step(digits_scenario: Scenario) -> None:
+    """The loss of a step sees new rows plus memory_batch_size replayed rows."""
+    updater = Updater(method="er", params={"memory_batch_size": 7}, **FAST)
+    updater.update(digits_scenario.train[0])
+    sizes: list[int] = []
+    model = updater.model
+    assert model is not None
+    hook = model.register_forward_hook(lambda m, i, o: sizes.append(int(i[0].shape[0])))
+    updater.update(digits_scenario.train[1])
+    hook.remove()
+    assert sizes and all(size == 32 + 7 or size < 32 + 7 for size in sizes)
+    assert sizes.count(32 + 7) >= len(sizes) - 3
+
+
+def test_er_needs_a_memory() -> None:
+    with pytest.raises(ConfigError, match="--memory-size"):
+        Updater(method="er", memory_size=0)
+
+
+def test_joint_keeps_every_sample_and_trains_on_all(digits_scenario: Scenario) -> None:
+    updater = Updater(method="joint", **FAST)
+    for chunk in digits_scenario.train[:3]:
+        updater.update(chunk)
+    assert updater.memory is not None
+    assert len(updater.memory) == sum(len(c) for c in digits_scenario.train[:3])
+    steps = updater.history[-1]["train"]["steps"]
+    seen = sum(len(c) for c in digits_scenario.train[:3])
+    assert steps == FAST["epochs"] * -(-seen // 32)
+    old = digits_scenario.test[0]
+    assert updater.evaluate(old)["accuracy"] > 0.9
+
+
+def test_unknown_method_and_parameter_are_named() -> None:
+    with pytest.raises(ConfigError, match="unknown method 'ewc2'"):
+        Updater(method="ewc2")
+    with pytest.raises(ConfigError, match="no parameter.*alpha.*memory_batch_size"):
+        Updater(method="er", params={"alpha": 1})
+    with pytest.raises(ConfigError, match="memory_batch_size"):
+        Updater(method="er", params={"memory_batch_size": "many"})
