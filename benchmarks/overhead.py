@@ -29,6 +29,7 @@ import contextlib
 import functools
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -210,19 +211,25 @@ def compare(reference: Result, other: Result) -> str:
 
 def time_variants(
     scenario: Scenario, epochs: int, repeats: int, threads: int
-) -> tuple[dict[str, list[float]], dict[str, Result]]:
-    """Seconds of every repeat of every variant, interleaved; plus each variant's last result."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Result]]:
+    """Wall and CPU seconds of every repeat of every variant, interleaved; each last result.
+
+    CPU time (all threads of this process) is less disturbed by other processes competing for
+    the cores than wall time, so it is a second, steadier signal on a shared machine.
+    """
     torch.set_num_threads(threads)
     names = list(VARIANTS)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     results: dict[str, Result] = {}
     for r in range(repeats):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:  # rotate so no variant always runs first
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             results[name] = VARIANTS[name](scenario, epochs)
-            times[name].append(time.perf_counter() - start)
-    return times, results
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu, results
 
 
 # ------------------------------------------------------------------------------ profile
@@ -266,6 +273,8 @@ PROBES: list[tuple[Any, str, str]] = [
     (torch.optim.Optimizer, "zero_grad", "zero_grad"),
     (torch.Tensor, "backward", "backward"),
     (torch.optim.SGD, "step", "optimizer.step"),
+    (sys.modules[__name__], "build_mlp", "model construction"),
+    (sys.modules[__name__], "grow_head", "head growth"),
 ]
 
 
@@ -380,8 +389,8 @@ def main() -> None:
         run(scenario, 1)
 
     for threads in args.threads:
-        times, results = time_variants(scenario, args.epochs, args.repeats, threads)
-        base = median(times[BASELINE])
+        times, cpu, results = time_variants(scenario, args.epochs, args.repeats, threads)
+        base, base_cpu = median(times[BASELINE]), median(cpu[BASELINE])
         rows = []
         for name, values in times.items():
             same = "-" if name == BASELINE else compare(results[BASELINE], results[name])
@@ -394,13 +403,22 @@ def main() -> None:
                     spread(values),
                     f"{median(values) / base:.3f}x",
                     f"{1e3 * median(values) / steps:.2f}",
+                    f"{median(cpu[name]) / base_cpu:.3f}x",
                     same,
                 ]
             )
         print(f"torch.set_num_threads({threads})")
         print(
             table(
-                ["variant", "median s", "min-max s", "vs plain", "ms/step", "weights vs plain"],
+                [
+                    "variant",
+                    "median s",
+                    "min-max s",
+                    "vs plain",
+                    "ms/step",
+                    "CPU time vs plain",
+                    "weights vs plain",
+                ],
                 rows,
             )
         )

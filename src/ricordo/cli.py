@@ -54,6 +54,7 @@ Accelerator = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")]
 Devices = Annotated[int | None, typer.Option(help="Devices per update (1).")]
 Precision = Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed, ...")]
 Strategy = Annotated[str | None, typer.Option(help="Fabric strategy (auto).")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads for training (torch default).")]
 ShowProgress = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")
 ]
@@ -120,7 +121,7 @@ def data(
     from ricordo.data import export_scenario, load_builtin, make_scenario
 
     train, test = load_builtin(dataset)
-    split = make_scenario(scenario, train, test, updates=updates, seed=seed)
+    split = make_scenario(scenario, train, test, updates=updates, seed=seed, data_name=dataset)
     export_scenario(split, out)
     for k, classes in enumerate(split.chunk_classes):
         typer.echo(
@@ -159,6 +160,7 @@ def update(
     devices: Devices = None,
     precision: Precision = None,
     strategy: Strategy = None,
+    threads: Threads = None,
     progress: ShowProgress = None,
 ) -> None:
     """Update a model on one chunk and write the next state (one job per chunk)."""
@@ -192,6 +194,7 @@ def update(
         devices=devices,
         precision=precision,
         strategy=strategy,
+        threads=threads,
         progress=progress,
     )
     # Fail before training, not after it, when the result could not be written.
@@ -366,6 +369,7 @@ def benchmark(
     devices: Devices = None,
     precision: Precision = None,
     strategy: Strategy = None,
+    threads: Threads = None,
     progress: ShowProgress = None,
 ) -> None:
     """Run a whole scenario in one process and report the accuracy matrix and CL metrics.
@@ -403,11 +407,14 @@ def benchmark(
         devices=devices,
         precision=precision,
         strategy=strategy,
+        threads=threads,
         progress=progress,
     )
     configs = [UpdateConfig(method=name, **options) for name in names]  # validate all up front
     train, test = load_builtin(dataset)
-    split = make_scenario(scenario, train, test, updates=updates, seed=configs[0].seed)
+    split = make_scenario(
+        scenario, train, test, updates=updates, seed=configs[0].seed, data_name=dataset
+    )
     rows = []
     for cfg in configs:
         where = output if len(configs) == 1 else output / cfg.method

@@ -58,6 +58,7 @@ class UpdateConfig:
     devices: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
+    threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -90,6 +91,9 @@ class UpdateConfig:
         _check(self.max_classes >= 1, "max_classes", self.max_classes, "an integer >= 1")
         _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
         _check(self.devices >= 1, "devices", self.devices, "an integer >= 1")
+        _check(
+            self.threads is None or self.threads >= 1, "threads", self.threads, "an integer >= 1"
+        )
 
     def replace(self, **changes: Any) -> UpdateConfig:
         """A copy with some fields changed (validated again)."""
@@ -105,7 +109,7 @@ class UpdateConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UpdateConfig:
-        """Rebuild from ``to_dict`` output: unknown keys are an error, missing ones take defaults."""
+        """Rebuild from ``to_dict`` output: unknown keys fail, missing ones take defaults."""
         unknown = sorted(set(data) - set(field_names()))
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}; valid options: {field_names()}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -66,6 +68,24 @@ def split_validation(
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int | None) -> Iterator[None]:
+    """Use ``threads`` intra-op CPU threads inside the block (None: leave torch's setting).
+
+    Small models run fastest on one thread; several threads on a busy machine can make them
+    10x slower (OpenMP spin-waiting), so this is worth setting for tiny models and in CI.
+    """
+    if threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_update(
     model: nn.Module,
     method: Method,
@@ -73,6 +93,16 @@ def train_update(
     ctx: UpdateContext,
 ) -> TrainReport:
     """Run the configured epochs of one update; the method supplies the loss of each step."""
+    with cpu_threads(ctx.config.threads):
+        return _train_update(model, method, data, ctx)
+
+
+def _train_update(
+    model: nn.Module,
+    method: Method,
+    data: ArrayDataset,
+    ctx: UpdateContext,
+) -> TrainReport:
     config = ctx.config
     started = time.perf_counter()
     backend = make_backend(config)
