@@ -16,8 +16,10 @@ Timings cover model construction and the five updates (data loading excluded). V
 interleaved (the order rotates every repeat) and the median of ``--repeats`` runs is reported with
 a fixed number of torch threads (1 and 2 by default), after one untimed warm-up run of each variant
 that absorbs one-off costs (imports made on the first optimizer step or by Fabric, allocator
-warm-up). ``--profile`` adds a per-component breakdown of one instrumented run of the plain loop
-and of ``ricordo torch`` (exclusive time per component; the wrappers add a little time).
+warm-up). ``--profile`` adds a per-component breakdown (median of instrumented runs) of the plain
+loop, ``ricordo torch`` and ``ricordo fabric``: each probed function's exclusive time (the time of
+probed functions it calls is subtracted; the probes themselves add a few microseconds per call,
+which land in the caller).
 
 Usage: ``python benchmarks/overhead.py [--repeats 5] [--threads 1 2] [--epochs 20] [--profile]``.
 """
@@ -282,26 +284,44 @@ def ricordo_probes() -> list[tuple[Any, str, str]]:
     """Ricordo-only components (imported here so the timed runs see unpatched modules)."""
     from ricordo import updater as updater_module
     from ricordo.data.dataset import ArrayDataset
+    from ricordo.engine import backend as backend_module
     from ricordo.engine import loop as loop_module
-    from ricordo.engine.backend import TorchBackend
     from ricordo.engine.progress import Progress
     from ricordo.methods.er import ExperienceReplay
 
     return [
-        (ExperienceReplay, "loss", "ER.loss / replay_batch (own code)"),
-        (ExperienceReplay, "after_step", "ER.after_step (own code)"),
-        (TorchBackend, "backward", "backend.backward (own code)"),
+        (updater_module, "train_update", LOOP_BODY),
+        (ExperienceReplay, "loss", "ER.loss + replay_batch (own lines)"),
+        (ExperienceReplay, "after_step", "ER.after_step (own lines)"),
+        (backend_module.TorchBackend, "backward", "backend.backward (own lines)"),
+        (backend_module.FabricBackend, "backward", "backend.backward (own lines)"),
         (Progress, "advance", "progress.advance"),
-        (Progress, "__enter__", "progress setup"),
-        (loop_module, "make_backend", "make_backend"),
+        (Progress, "__enter__", "progress bar setup"),
+        (loop_module, "make_backend", "make_backend (Fabric: construction)"),
         (loop_module, "make_optimizer", "make_optimizer"),
-        (updater_module.Updater, "_snapshot", "Updater._snapshot (deepcopy for rollback)"),
+        (updater_module.Updater, "_snapshot", "Updater: deepcopy for rollback"),
         (updater_module, "fingerprint", "Updater: data fingerprint (sha256)"),
-        (updater_module, "train_update", "engine loop body (Batch, float(loss), ...)"),
         (ArrayDataset, "validate", "Updater: chunk validation"),
         (updater_module.Updater, "_build_first_model", "model construction"),
         (updater_module, "grow_output_layer", "head growth"),
     ]
+
+
+def fabric_probes() -> list[tuple[Any, str, str]]:
+    """Lightning Fabric's wrappers around the model, backward and the optimizer."""
+    from lightning.fabric import Fabric
+    from lightning.fabric.wrappers import _FabricModule, _FabricOptimizer
+
+    return [
+        (Fabric, "setup", "Fabric: setup"),
+        (Fabric, "backward", "Fabric: backward wrapper"),
+        (_FabricModule, "forward", "Fabric: module wrapper"),
+        (_FabricOptimizer, "step", "Fabric: optimizer wrapper"),
+    ]
+
+
+LOOP_BODY = "training loop body (own lines)"
+REST = "untimed rest (Updater glue, ...)"
 
 
 @contextlib.contextmanager
@@ -322,46 +342,80 @@ def patched(clock: Clock, probes: list[tuple[Any, str, str]]) -> Iterator[None]:
 
 
 def profile(scenario: Scenario, epochs: int, threads: int, repeats: int) -> str:
-    """Markdown table: per-component milliseconds (median of repeats) of both loops."""
+    """Markdown table: per-component milliseconds (median of repeats) of three variants."""
     torch.set_num_threads(threads)
-    runs: dict[str, list[tuple[float, dict[str, float]]]] = {"plain": [], "ricordo": []}
+    this = sys.modules[__name__]
+    common = [*PROBES, (this, "plain_tensor_memory", LOOP_BODY)]
+    columns: list[tuple[str, Callable[[], Result], list[tuple[Any, str, str]]]] = [
+        ("plain", lambda: this.plain_tensor_memory(scenario, epochs), common),
+        (
+            "ricordo torch",
+            lambda: ricordo_run(scenario, epochs, "torch"),
+            common + ricordo_probes(),
+        ),
+        (
+            "ricordo fabric",
+            lambda: ricordo_run(scenario, epochs, "fabric"),
+            common + ricordo_probes() + fabric_probes(),
+        ),
+    ]
+    runs: dict[str, list[tuple[float, dict[str, float]]]] = {label: [] for label, _, _ in columns}
+    calls: dict[str, int] = {}
     for _ in range(repeats):
-        for label, run, probes in (
-            ("plain", plain_tensor_memory, PROBES),
-            ("ricordo", VARIANTS["ricordo torch"], PROBES + ricordo_probes()),
-        ):
+        for label, run, probes in columns:
             clock = Clock()
             start = time.perf_counter()
             with patched(clock, probes):
-                run(scenario, epochs)
+                run()
             runs[label].append((time.perf_counter() - start, clock.seconds))
-    names: list[str] = []
-    for _, _, name in PROBES + ricordo_probes():
-        if name not in names:
-            names.append(name)
-    medians = {
-        label: {
-            "total": median([t for t, _ in values]),
-            **{n: median([parts.get(n, 0.0) for _, parts in values]) for n in names},
-        }
-        for label, values in runs.items()
-    }
-    plain_total, ricordo_total = medians["plain"]["total"], medians["ricordo"]["total"]
+            calls[label] = sum(clock.calls.values())
+    names = list(dict.fromkeys(name for _, _, probes in columns for _, _, name in probes))
+    medians: dict[str, dict[str, float]] = {}
+    for label, values in runs.items():
+        parts = {n: median([p.get(n, 0.0) for _, p in values]) for n in names}
+        total = median([t for t, _ in values])
+        medians[label] = {**parts, REST: total - sum(parts.values()), "total": total}
     rows = []
-    for n in names:
-        p, r = medians["plain"][n], medians["ricordo"][n]
-        if p == 0.0 and r == 0.0:
+    for n in [*names, REST, "total"]:
+        ms = [1e3 * medians[label][n] for label, _, _ in columns]
+        if max(abs(m) for m in ms) < 0.5:
             continue
-        rows.append([n, *_ms(p, r)])
-    rest_p = plain_total - sum(medians["plain"][n] for n in names)
-    rest_r = ricordo_total - sum(medians["ricordo"][n] for n in names)
-    rows.append(["untimed rest (Python loop, .item(), ...)", *_ms(rest_p, rest_r)])
-    rows.append(["**total (instrumented)**", *_ms(plain_total, ricordo_total)])
-    return table(["component (exclusive time)", "plain ms", "ricordo ms", "difference"], rows)
+        rows.append(
+            [
+                "**total (instrumented)**" if n == "total" else n,
+                *(f"{m:.0f}" for m in ms),
+                *(f"{m - ms[0]:+.0f}" for m in ms[1:]),
+            ]
+        )
+    headers = ["component (exclusive ms)", *(label for label, _, _ in columns)]
+    headers += [f"{label} - plain" for label, _, _ in columns[1:]]
+    cost = probe_cost()
+    note = ", ".join(
+        f"{label} {calls[label]} calls = ~{1e3 * cost * calls[label]:.0f} ms" for label in calls
+    )
+    return (
+        table(headers, rows)
+        + f"\nOne probe costs ~{1e6 * cost:.1f} us, charged to its caller; probed calls per run: "
+        + note
+    )
 
 
-def _ms(plain: float, ricordo: float) -> list[str]:
-    return [f"{1e3 * plain:.0f}", f"{1e3 * ricordo:.0f}", f"{1e3 * (ricordo - plain):+.0f}"]
+def probe_cost(calls: int = 20_000) -> float:
+    """Seconds one probe adds around a call (a probed no-op minus a plain no-op)."""
+    clock = Clock()
+
+    def noop() -> None:
+        return None
+
+    probed = clock.wrap("noop", noop)
+    start = time.perf_counter()
+    for _ in range(calls):
+        noop()
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(calls):
+        probed()
+    return max(0.0, (time.perf_counter() - start - bare) / calls)
 
 
 # ------------------------------------------------------------------------------ main

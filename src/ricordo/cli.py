@@ -58,6 +58,20 @@ Threads = Annotated[int | None, typer.Option(help="CPU threads for training (tor
 ShowProgress = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")
 ]
+Augment = Annotated[
+    str | None, typer.Option(help="Training augmentation, e.g. crop:4,flip (batched, on device).")
+]
+DataDir = Annotated[
+    str | None, typer.Option(help="Folder with dataset files ($RICORDO_DATA by default).")
+]
+Download = Annotated[bool, typer.Option(help="Download missing dataset files (checksummed).")]
+DatasetOption = Annotated[
+    list[str] | None, typer.Option("--dataset-option", help="k=v for the dataset; repeat.")
+]
+ScenarioOption = Annotated[
+    list[str] | None,
+    typer.Option("--scenario-option", help="Scenario option k=v, e.g. blurry=0.2; repeat."),
+]
 Target = Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file.")]
 
 
@@ -100,7 +114,8 @@ def _options(**given: Any) -> dict[str, Any]:
                 f"--hidden {given['hidden']!r} must be comma-separated integers, e.g. 256,128"
             ) from None
     if "config" in options:
-        options["config"] = str(options["config"])
+        # Resolved, so the same file named from another directory is the same lineage option.
+        options["config"] = str(Path(options["config"]).expanduser().resolve())
     for key in ("params", "model_options"):
         if key in options and not options[key]:
             del options[key]
@@ -115,13 +130,32 @@ def data(
         "class-incremental"
     ),
     updates: Annotated[int, typer.Option(help="Number of chunks.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the class order.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the scenario (class order, splits, permutations).")
+    ] = 0,
+    scenario_option: ScenarioOption = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    dataset_option: DatasetOption = None,
 ) -> None:
-    """Cut a built-in dataset into chunks and write them as .npz files."""
+    """Cut a dataset into chunks and write them as .npz files (train-K, test-K, test-all)."""
     from ricordo.data import export_scenario, load_builtin, make_scenario
 
-    train, test = load_builtin(dataset)
-    split = make_scenario(scenario, train, test, updates=updates, seed=seed, data_name=dataset)
+    train, test = load_builtin(
+        dataset,
+        root=data_dir,
+        download=download,
+        **_pairs(dataset_option, "--dataset-option"),
+    )
+    split = make_scenario(
+        scenario,
+        train,
+        test,
+        updates=updates,
+        seed=seed,
+        data_name=dataset,
+        options=_pairs(scenario_option, "--scenario-option"),
+    )
     export_scenario(split, out)
     for k, classes in enumerate(split.chunk_classes):
         typer.echo(
@@ -161,6 +195,7 @@ def update(
     precision: Precision = None,
     strategy: Strategy = None,
     threads: Threads = None,
+    augment: Augment = None,
     progress: ShowProgress = None,
 ) -> None:
     """Update a model on one chunk and write the next state (one job per chunk)."""
@@ -195,6 +230,7 @@ def update(
         precision=precision,
         strategy=strategy,
         threads=threads,
+        augment=augment,
         progress=progress,
     )
     # Fail before training, not after it, when the result could not be written.
@@ -218,22 +254,6 @@ def update(
     )
 
 
-def _features(path: str, target: str | None) -> Any:
-    """Features of a file for prediction: labels are optional here."""
-    import numpy as np
-
-    from ricordo.data import load_data
-
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    if suffix == ".npz" and Path(path).is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            if "y" not in archive.files and "x" in archive.files:
-                return archive["x"]
-    return load_data(path, target=target, name=path).x
-
-
 @app.command()
 def evaluate(
     state: Annotated[str, typer.Option(help="State to evaluate.")],
@@ -250,7 +270,9 @@ def evaluate(
     result = {"state": state, "data": data, **result}
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(result, indent=1) + "\n")
+        # Strict JSON: a loss that cannot be computed (no label has an output yet) is null.
+        finite = {k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}
+        output.write_text(json.dumps(finite, indent=1, allow_nan=False) + "\n")
     typer.echo(
         f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
         f"({result['samples']} samples)"
@@ -270,13 +292,15 @@ def predict(
     """Write predicted class ids (or probabilities) for new inputs as .npy."""
     import numpy as np
 
+    from ricordo.data.loaders import load_features
     from ricordo.updater import Updater
 
     updater = Updater.load(state)
-    inputs = _features(data, target)
+    inputs = load_features(data, target=target, name=data)
     result = updater.predict_proba(inputs) if probabilities else updater.predict(inputs)
     output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, result.numpy(), allow_pickle=False)
+    with open(output, "wb") as handle:  # np.save(path) would append ".npy" to other names
+        np.save(handle, result.numpy(), allow_pickle=False)
     typer.echo(
         f"wrote {tuple(result.shape)} {'probabilities' if probabilities else 'class ids'}"
         f" -> {output}"
@@ -341,12 +365,48 @@ def list_(root: Annotated[str, typer.Argument(help="Folder (or URL) holding stat
 
 @app.command()
 def benchmark(
-    output: Annotated[Path, typer.Option(help="Folder for results.json.")] = Path("results"),
-    dataset: Annotated[str, typer.Option(help="Built-in dataset.")] = "digits",
-    scenario: Annotated[str, typer.Option(help="Scenario.")] = "class-incremental",
-    updates: Annotated[int, typer.Option(help="Number of chunks.")] = 5,
-    methods: Annotated[str | None, typer.Option(help="Comma-separated methods to compare.")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the results (default: results).")
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-file",
+            "-c",
+            help="YAML experiment file (e.g. a previous OUTPUT/experiment.yaml); options given "
+            "here override it.",
+        ),
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Built-in dataset (digits).")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding the dataset files.")] = None,
+    download: Annotated[
+        bool | None, typer.Option("--download/--no-download", help="Fetch missing files.")
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="Scenario (class-incremental).")] = None,
+    scenario_option: Annotated[
+        list[str] | None, typer.Option("--scenario-option", help="Scenario k=v; repeat.")
+    ] = None,
+    updates: Annotated[int | None, typer.Option(help="Number of chunks (5).")] = None,
+    scenario_seed: Annotated[
+        int | None, typer.Option(help="Fix the scenario's seed (default: each run's seed).")
+    ] = None,
+    chunks: Annotated[
+        Path | None,
+        typer.Option(help="Folder of pre-split chunks (train-K.npz, test-K.npz) to use instead."),
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods (finetune,er,joint).")
+    ] = None,
     method: Annotated[str | None, typer.Option(help="One method.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated seeds: one run per method and seed.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Runs in parallel (default: runs, at most the CPUs).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Run on this Ray cluster; 'local' starts one here.")
+    ] = None,
     model: Model = None,
     hidden: Hidden = None,
     config: ConfigFile = None,
@@ -372,86 +432,169 @@ def benchmark(
     threads: Threads = None,
     progress: ShowProgress = None,
 ) -> None:
-    """Run a whole scenario in one process and report the accuracy matrix and CL metrics.
+    """Run a whole scenario for every method and seed; report the accuracy matrix and CL metrics.
 
     With no options: digits, class-incremental, 5 updates, comparing finetune, er and joint.
+    Several seeds write OUTPUT/runs/<method>-seed<k>.json and a mean ± std summary; every
+    benchmark writes OUTPUT/experiment.yaml, which `-c` runs again.
     """
-    from ricordo.bench import run_benchmark
-    from ricordo.config import UpdateConfig
-    from ricordo.data import load_builtin, make_scenario
+    from ricordo.bench.experiment import Experiment, merge, read_experiment_file
+    from ricordo.bench.sweep import run_experiment
+    from ricordo.errors import RicordoError
 
     if method and methods:
         raise ConfigError("pass either --method or --methods, not both")
-    names = [method] if method else (methods or "finetune,er,joint").split(",")
-    names = [n.strip() for n in names if n.strip()]
-    options = _options(
-        model=model,
-        hidden=hidden,
-        config=config,
-        model_options=_pairs(model_option, "--model-option"),
-        params=_pairs(param, "--param"),
-        memory_size=memory_size,
-        memory_policy=memory_policy,
-        max_classes=max_classes,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        epochs=epochs,
-        val_fraction=val_fraction,
-        patience=patience,
-        seed=seed,
-        backend=backend,
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        strategy=strategy,
-        threads=threads,
-        progress=progress,
-    )
-    configs = [UpdateConfig(method=name, **options) for name in names]  # validate all up front
-    train, test = load_builtin(dataset)
-    split = make_scenario(
-        scenario, train, test, updates=updates, seed=configs[0].seed, data_name=dataset
-    )
-    rows = []
-    for cfg in configs:
-        where = output if len(configs) == 1 else output / cfg.method
-        result = run_benchmark(split, cfg, output=where)
-        rows.append((cfg.method, result))
-        typer.echo(
-            f"{cfg.method}: done in {result['timing']['total_seconds']:.1f} s -> "
-            f"{where}/results.json",
-            err=True,
+    if seed is not None and seeds:
+        raise ConfigError("pass either --seed or --seeds, not both")
+    dataset_given = {
+        "--dataset": dataset,
+        "--data-dir": data_dir,
+        "--download": download,
+        "--scenario": scenario,
+        "--scenario-option": scenario_option,
+        "--updates": updates,
+        "--scenario-seed": scenario_seed,
+    }
+    clash = [flag for flag, value in dataset_given.items() if value is not None and value != []]
+    if chunks is not None and clash:
+        raise ConfigError(
+            f"--chunks replaces the dataset and scenario; drop {', '.join(clash)} or --chunks"
         )
-    _print_table(rows)
+    overrides: dict[str, Any] = {
+        "output": None if output is None else str(output),
+        "dataset": dataset,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "download": download,
+        "scenario": scenario,
+        "scenario_options": _pairs(scenario_option, "--scenario-option") or None,
+        "updates": updates,
+        "scenario_seed": scenario_seed,
+        "chunks": None if chunks is None else str(chunks),
+        "methods": method or methods,
+        "seeds": seeds if seeds else seed,
+        "workers": workers,
+        "ray_address": ray_address,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(
+        _options(
+            model=model,
+            hidden=hidden,
+            config=config,
+            model_options=_pairs(model_option, "--model-option"),
+            params=_pairs(param, "--param"),
+            memory_size=memory_size,
+            memory_policy=memory_policy,
+            max_classes=max_classes,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            epochs=epochs,
+            val_fraction=val_fraction,
+            patience=patience,
+            backend=backend,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
+            strategy=strategy,
+            threads=threads,
+            progress=progress,
+        )
+    )
+    base = read_experiment_file(config_file) if config_file is not None else {}
+    source = str(config_file) if config_file is not None else "the options"
+    experiment = Experiment.from_dict(merge(base, overrides), source=source)
+    out = Path(experiment.output or "results")
+
+    def done(record: dict[str, Any]) -> None:
+        if record["status"] == "ok":
+            typer.echo(
+                f"{record['run']}: done in {record['timing']['total_seconds']:.1f} s -> "
+                f"{out / record['file']}",
+                err=True,
+            )
+        else:
+            typer.echo(f"{record['run']}: FAILED: {record['error']}", err=True)
+
+    summary = run_experiment(experiment, out, on_done=done)
+    _print_summary(summary)
+    if summary["failed"]:
+        failed = summary["failed"]
+        raise RicordoError(
+            f"{len(failed)} of {len(summary['runs'])} runs failed "
+            f"({', '.join(f['run'] for f in failed)}); first error: {failed[0]['error']}; "
+            f"see {out / 'summary.json'}"
+        )
 
 
-def _print_table(rows: list[tuple[str, dict[str, Any]]]) -> None:
+def _print_summary(summary: dict[str, Any]) -> None:
+    """The combined table of a benchmark: accuracies in %, mean ± std over seeds."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Continual-learning metrics (accuracy in %)")
-    columns = [
-        "average_accuracy",
-        "average_incremental_accuracy",
-        "forgetting",
-        "backward_transfer",
-        "forward_transfer",
-    ]
-    table.add_column("method")
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
-    table.add_column("train s", justify="right")
-    for name, result in rows:
-        values = [result["metrics"][c] for c in columns]
-        table.add_row(
-            name,
-            *["-" if v is None else f"{100 * v:.1f}" for v in values],
-            f"{result['timing']['train_seconds']:.1f}",
-        )
-    Console(width=120).print(table)
+    from ricordo.bench.sweep import summary_table
+
+    headers, rows = summary_table(summary)
+    seeds = summary["experiment"]["seeds"]
+    title = "Continual-learning metrics (accuracy in %"
+    title += f", mean ± std over {len(seeds)} seeds)" if len(seeds) > 1 else ")"
+    table = Table(title=title)
+    table.add_column(headers[0])
+    for header in headers[1:]:
+        table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=160).print(table)
+
+
+@app.command()
+def report(
+    results_dir: Annotated[
+        Path, typer.Argument(help="Folder of benchmark results (searched recursively).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="Folder for the report (default: RESULTS_DIR/report).")
+    ] = None,
+    latex: Annotated[
+        bool, typer.Option("--latex", help="Also write table.tex (booktabs).")
+    ] = False,
+) -> None:
+    """Write an HTML page, a markdown summary, PNG plots (and a LaTeX table) of benchmark results.
+
+    Runs of the same method are averaged over seeds (mean ± std).
+    """
+    from rich.console import Console
+
+    from ricordo.bench.report import (
+        aggregate,
+        collect_results,
+        comparison_table,
+        render_report,
+        table_width,
+    )
+    from ricordo.bench.report import rich_table as report_table
+
+    out = (
+        output
+        if output is not None
+        else ((results_dir.parent if results_dir.is_file() else results_dir) / "report")
+    )
+    skipped: list[str] = []
+
+    def warn(message: str) -> None:
+        skipped.append(message)
+        typer.echo(f"ricordo: warning: {' '.join(message.split())}", err=True)
+
+    runs = collect_results(results_dir, warn=warn, exclude=[out])
+    summaries = aggregate(runs)
+    written = render_report(summaries, out, latex=latex, source=results_dir, skipped=skipped)
+    table = comparison_table(summaries)
+    Console(width=max(120, table_width(table))).print(report_table(table))
+    typer.echo(f"{len(runs)} runs of {len(summaries)} methods -> {out}")
+    for path in written.values():
+        typer.echo(f"  {path}")
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ class UpdateConfig:
     epochs: int = 10
     val_fraction: float = 0.0
     patience: int | None = None
+    augment: str | None = None  # training-batch augmentation spec, e.g. "crop:4,flip"
     seed: int = 0
     # Where it runs.
     backend: str = "auto"
@@ -91,6 +92,10 @@ class UpdateConfig:
         _check(self.max_classes >= 1, "max_classes", self.max_classes, "an integer >= 1")
         _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
         _check(self.devices >= 1, "devices", self.devices, "an integer >= 1")
+        if self.augment is not None:
+            from ricordo.data.augment import training_augment_spec
+
+            object.__setattr__(self, "augment", training_augment_spec(self.augment))
         _check(
             self.threads is None or self.threads >= 1, "threads", self.threads, "an integer >= 1"
         )

@@ -12,10 +12,10 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ricordo import __version__
 from ricordo.config import LINEAGE_FIELDS, UpdateConfig
 from ricordo.data.dataset import ArrayDataset
-from ricordo.data.loaders import load_data
+from ricordo.data.loaders import load_data, load_features
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loop import TrainReport, train_update
 from ricordo.errors import ConfigError, DataError, StateCorruptError
@@ -215,8 +215,7 @@ class Updater:
     def _inference_inputs(self, x: Any) -> Tensor:
         model = self._require_model()
         assert self.model_spec is not None
-        tensor = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x)
-        tensor = tensor.float()
+        tensor = load_features(x, name="inputs")
         expected = tuple(self.model_spec["input_shape"])
         if tuple(tensor.shape[1:]) != expected:
             raise DataError(
@@ -251,14 +250,30 @@ class Updater:
         """Class probabilities (N, classes)."""
         return self.predict_logits(x, batch_size).softmax(1)
 
-    def evaluate(self, data: Any, y: Any = None, batch_size: int = 1024) -> dict[str, float]:
-        """Accuracy and cross-entropy on labelled data."""
+    def evaluate(
+        self,
+        data: Any,
+        y: Any = None,
+        batch_size: int = 1024,
+        *,
+        classes: Sequence[int] | None = None,
+    ) -> dict[str, float]:
+        """Accuracy and cross-entropy on labelled data.
+
+        ``classes``: score among these classes only (other logits set to -inf), e.g. a chunk's
+        classes for task-incremental evaluation where the task id is known.
+        """
         model = self._require_model()
         chunk = load_data(data, y).validate(name="the evaluation data")
         self._inference_inputs(chunk.x[:1])
         ctx = self._inference_context(model)
         result = evaluate_logits(
-            lambda x: self.method.predict(x, ctx), chunk, batch_size, torch.device("cpu"), model
+            lambda x: self.method.predict(x, ctx),
+            chunk,
+            batch_size,
+            torch.device("cpu"),
+            model,
+            classes=classes,
         )
         return {"accuracy": result["accuracy"], "loss": result["loss"], "samples": len(chunk)}
 

@@ -21,17 +21,19 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from filelock import FileLock
+from filelock import FileLock  # a dependency of torch
 
 # Each CLI process trains on one thread: the suite runs on 2 cores with 2 xdist workers, and the
 # in-process comparisons (test_cli_chain) must use the same thread count as the subprocesses.
 THREADS = 1
 SUBPROCESS_TIMEOUT_S = 600
+CHAIN_METHODS = ("er", "finetune")
 CHAIN_OPTIONS = ("--memory-size", "200", "--epochs", "20", "--lr", "0.05", "--seed", "0")
 
 
@@ -59,14 +61,13 @@ def cli_env() -> dict[str, str]:
         MKL_NUM_THREADS=str(THREADS),
         NO_COLOR="1",
         COLUMNS="200",
-        PYTHONWARNINGS="ignore",
     )
     env.pop("FORCE_COLOR", None)
     return env
 
 
 def cli_command(*args: object) -> list[str]:
-    """argv of a real ``ricordo`` process (the module form works wherever the venv's python does)."""
+    """argv of a real ``ricordo`` process (``python -m ricordo.cli``, this interpreter)."""
     return [sys.executable, "-m", "ricordo.cli", *map(str, args)]
 
 
@@ -142,33 +143,51 @@ def chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build_once(tmp_path_factory, "chunks", build)
 
 
-def _chain_builder(chunks: Path, method: str) -> Callable[[Path], None]:
-    """Five update jobs, each a separate process, continuing from the previous state."""
+def _build_chains(chunks: Path) -> Callable[[Path], None]:
+    """Two lineages (er, finetune), five update jobs each, every job a separate process.
 
-    def build(root: Path) -> None:
+    The two lineages run side by side (one thread each, so two processes at a time); within a
+    lineage each job loads the state the previous job wrote.
+    """
+
+    def chain(root: Path, method: str) -> None:
+        folder = root / method
         for k in range(5):
-            args = ["update", "--data", chunks / f"train-{k}.npz", "--next-state", root / f"v{k}"]
+            args = ["update", "--data", chunks / f"train-{k}.npz", "--next-state", folder / f"v{k}"]
             if k == 0:
                 args += ["--method", method, *CHAIN_OPTIONS]
             else:
-                args += ["--state", root / f"v{k - 1}"]
+                args += ["--state", folder / f"v{k - 1}"]
             result = run_process(*args)
-            assert result.code == 0, result.describe()
-            (root / f"update-{k}.out").write_text(result.out)
+            assert result.code == 0, f"{method} update {k}: {result.describe()}"
+            (folder / f"update-{k}.out").write_text(result.out)
+
+    def build(root: Path) -> None:
+        with ThreadPoolExecutor(len(CHAIN_METHODS)) as pool:
+            for job in [pool.submit(chain, root, method) for method in CHAIN_METHODS]:
+                job.result()
 
     return build
 
 
 @pytest.fixture(scope="session")
-def er_chain(tmp_path_factory: pytest.TempPathFactory, chunks: Path) -> Path:
-    """Folder with states v0..v4 of an ER lineage (memory 200, 20 epochs, lr 0.05, seed 0)."""
-    return _build_once(tmp_path_factory, "chain-er", _chain_builder(chunks, "er"))
+def chains(tmp_path_factory: pytest.TempPathFactory, chunks: Path) -> dict[str, Path]:
+    """Folders with states v0..v4 of an er and a finetune lineage on the digits chunks.
+
+    Both use memory 200 (er), 20 epochs, lr 0.05, seed 0, and the defaults for everything else.
+    """
+    root = _build_once(tmp_path_factory, "chains", _build_chains(chunks))
+    return {method: root / method for method in CHAIN_METHODS}
 
 
 @pytest.fixture(scope="session")
-def finetune_chain(tmp_path_factory: pytest.TempPathFactory, chunks: Path) -> Path:
-    """Folder with states v0..v4 of a finetune lineage with the same options as ``er_chain``."""
-    return _build_once(tmp_path_factory, "chain-finetune", _chain_builder(chunks, "finetune"))
+def er_chain(chains: dict[str, Path]) -> Path:
+    return chains["er"]
+
+
+@pytest.fixture(scope="session")
+def finetune_chain(chains: dict[str, Path]) -> Path:
+    return chains["finetune"]
 
 
 @pytest.fixture(autouse=True)

@@ -47,5 +47,5 @@ def test_digits_split_disjoint(digits) -> None:
 
 def test_registry() -> None:
     assert "digits" in DATASETS.names()
-    with pytest.raises(ConfigError, match="unknown dataset 'mnist'; choose one of: digits"):
-        load_builtin("mnist")
+    with pytest.raises(ConfigError, match="unknown dataset 'svhn'; choose one of: cifar10, "):
+        load_builtin("svhn")

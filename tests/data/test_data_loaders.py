@@ -36,8 +36,9 @@ def _write_csv(path: Path, text: str) -> Path:
 
 
 def _write_parquet(path: Path, columns: dict[str, list]) -> Path:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     pq.write_table(pa.table(columns), path)
     return path
 

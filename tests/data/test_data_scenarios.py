@@ -1,4 +1,7 @@
-"""Class-incremental scenario: a seeded class partition, exact chunk contents, refusals."""
+"""Class-incremental scenario: a seeded class partition, exact chunk contents, refusals.
+
+Other scenarios: test_data_scenarios_classes.py, _transforms.py, _streams.py, _contract.py.
+"""
 
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ def test_test_classes_unknown_to_train() -> None:
 
 def test_unknown_scenario_lists_known() -> None:
     assert "class-incremental" in SCENARIOS.names()
-    with pytest.raises(ConfigError, match="unknown scenario 'nope'; choose one of: class-incr"):
+    with pytest.raises(ConfigError, match="unknown scenario 'nope'; choose one of: blurry, class-"):
         make_scenario("nope", _data(), _data(), 2, 0)
 
 

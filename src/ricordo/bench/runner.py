@@ -1,11 +1,22 @@
-"""Run a whole scenario in one process: update on chunk k, evaluate on every chunk's test set."""
+"""Run a whole scenario in one process: update on chunk k, evaluate on every chunk's test set.
+
+The results (``results.json``) hold the class-incremental accuracy matrix and its metrics, the
+task-incremental view of the same run when it is meaningful (``task_il``), the size of every test
+chunk, and per-update cost: seconds of training and evaluation, steps, peak memory.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from ricordo import __version__
 from ricordo.config import UpdateConfig
@@ -15,34 +26,74 @@ from ricordo.updater import Updater
 
 
 def run_benchmark(
-    scenario: Scenario, config: UpdateConfig, output: str | Path | None = None
+    scenario: Scenario,
+    config: UpdateConfig,
+    output: str | Path | None = None,
+    *,
+    task_il: bool | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` through ``scenario``; return (and write ``output/results.json``) results.
 
     Row ``i`` of the accuracy matrix is measured after update ``i``; column ``j`` is chunk ``j``'s
     test set. Chunks not trained yet are measured too (forward transfer needs them).
+
+    ``task_il``: also measure the task-incremental matrix, where test chunk ``j`` is scored among
+    ``chunk_classes[j]`` only (task id known; the other logits are set to -inf). ``None`` (auto)
+    does so when the scenario is task-incremental or its chunks have disjoint class sets (then
+    the same run gives both the class-IL and the task-IL numbers); it is ``None`` in the results
+    otherwise. Both matrices come from one forward pass per test chunk.
     """
+    _warm_up()
     started = time.perf_counter()
+    if task_il is None:
+        task_il = task_il_applies(scenario)
     updater = Updater(config)
     updater.initialize(scenario.train[0])
+    uses_cuda = _uses_cuda(config)
     eval_seconds = 0.0
 
-    def evaluate_all() -> list[float]:
+    def evaluate_all() -> tuple[list[float], list[float]]:
         nonlocal eval_seconds
         t0 = time.perf_counter()
-        row = [updater.evaluate(test)["accuracy"] for test in scenario.test]
+        class_row, task_row = [], []
+        for j, test in enumerate(scenario.test):
+            logits = updater.predict_logits(test.x)
+            class_row.append(_accuracy(logits, test.y))
+            if task_il:
+                task_row.append(_accuracy(logits, test.y, scenario.chunk_classes[j]))
         eval_seconds += time.perf_counter() - t0
-        return row
+        return class_row, task_row
 
-    initial = evaluate_all()
+    initial, initial_task = evaluate_all()
     matrix: list[list[float]] = []
+    task_matrix: list[list[float]] = []
+    per_update: list[dict[str, Any]] = []
     train_seconds, steps = 0.0, 0
-    for chunk in scenario.train:
+    for index, chunk in enumerate(scenario.train):
+        if uses_cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         record = updater.update(chunk)
-        train_seconds += time.perf_counter() - t0
-        steps += int(record["train"]["steps"])
-        matrix.append(evaluate_all())
+        t1 = time.perf_counter()
+        row, task_row = evaluate_all()
+        t2 = time.perf_counter()
+        matrix.append(row)
+        task_matrix.append(task_row)
+        chunk_steps = int(record["train"]["steps"])
+        train_seconds += t1 - t0
+        steps += chunk_steps
+        per_update.append(
+            {
+                "update": index,
+                "train_seconds": round(t1 - t0, 4),
+                "eval_seconds": round(t2 - t1, 4),
+                "train_steps": chunk_steps,
+                "peak_rss_mb": peak_rss_mb(),
+                "peak_cuda_mb": _mb(torch.cuda.max_memory_allocated()) if uses_cuda else None,
+                "state_mb": _mb(state_nbytes(updater)),
+            }
+        )
+    test_sizes = [len(test) for test in scenario.test]
     results: dict[str, Any] = {
         "library_version": __version__,
         "config": config.to_dict(),
@@ -50,20 +101,104 @@ def run_benchmark(
             "name": scenario.name,
             "updates": len(scenario),
             "chunk_classes": scenario.chunk_classes,
+            "task_incremental": bool(getattr(scenario, "task_incremental", False)),
             **scenario.info,
         },
+        "test_sizes": test_sizes,
         "accuracy_matrix": matrix,
         "initial_accuracy": initial,
-        "metrics": summarize(matrix, initial),
+        "metrics": summarize(matrix, initial, test_sizes),
+        "task_il": {
+            "accuracy_matrix": task_matrix,
+            "initial_accuracy": initial_task,
+            "metrics": summarize(task_matrix, initial_task, test_sizes),
+        }
+        if task_il
+        else None,
         "timing": {
             "train_seconds": round(train_seconds, 4),
             "eval_seconds": round(eval_seconds, 4),
             "total_seconds": round(time.perf_counter() - started, 4),
             "train_steps": steps,
         },
+        "per_update": per_update,
     }
     if output is not None:
-        out = Path(output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_json(Path(output) / "results.json", results)
     return results
+
+
+def _warm_up() -> None:
+    """Pay torch's one-time lazy imports (the first optimizer imports torch._dynamo, seconds)
+    before the clock starts, so update 0's train_seconds measures training only."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def task_il_applies(scenario: Scenario) -> bool:
+    """Whether task-incremental scores make sense: task ids known, or disjoint chunk classes."""
+    if getattr(scenario, "task_incremental", False):
+        return True
+    seen: set[int] = set()
+    for classes in scenario.chunk_classes:
+        if not classes or seen & set(classes):
+            return False
+        seen |= set(classes)
+    return True
+
+
+def _accuracy(logits: Tensor, y: Tensor, classes: Sequence[int] | None = None) -> float:
+    """Top-1 accuracy; with ``classes``, the argmax is taken among those classes only.
+
+    Labels beyond the model's outputs count as errors (as in ``Updater.evaluate``).
+    """
+    if classes is not None:
+        allowed = torch.zeros(logits.shape[1], dtype=torch.bool)
+        ids = [int(c) for c in classes if 0 <= int(c) < logits.shape[1]]
+        if not ids:
+            return 0.0
+        allowed[ids] = True
+        logits = logits.masked_fill(~allowed, float("-inf"))
+    correct = int((logits.argmax(1) == y.to(logits.device)).sum()) if len(y) else 0
+    return correct / max(1, len(y))
+
+
+def _uses_cuda(config: UpdateConfig) -> bool:
+    return torch.cuda.is_available() and config.accelerator in ("auto", "cuda", "gpu")
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process so far, in MiB (None where unavailable).
+
+    It never goes down within a process, so per update it is the peak up to that update.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, 2)
+
+
+def state_nbytes(updater: Updater) -> int:
+    """Bytes of the tensors a state holds: model weights, method tensors, rehearsal memory."""
+    total = 0
+    if updater.model is not None:
+        total += sum(t.nbytes for t in updater.model.state_dict().values())
+    total += sum(t.nbytes for t in updater.method.state_tensors().values())
+    if updater.memory is not None:
+        total += int(updater.memory.nbytes)
+    return total
+
+
+def _mb(nbytes: int) -> float:
+    return round(nbytes / 2**20, 3)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically (temporary sibling, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path

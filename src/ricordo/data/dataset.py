@@ -13,17 +13,27 @@ from ricordo.errors import DataError
 class ArrayDataset:
     """Features ``x`` (float32, first dim = samples) and class ids ``y`` (int64, shape (N,)).
 
-    Everything in Ricordo is tensor-batched: no per-sample Python objects on the hot path.
+    ``group`` (optional, shape (N,)) is a per-sample grouping value such as a year or a domain
+    id; grouped scenarios cut chunks along it. Everything in Ricordo is tensor-batched: no
+    per-sample Python objects on the hot path.
     """
 
     x: torch.Tensor
     y: torch.Tensor
+    group: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.x.ndim == 0 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
             raise DataError(
                 f"x has shape {tuple(self.x.shape)} and y {tuple(self.y.shape)}; "
                 "they need the same number of rows and y must be 1-D"
+            )
+        if self.group is not None and (
+            self.group.ndim != 1 or self.group.shape[0] != self.y.shape[0]
+        ):
+            raise DataError(
+                f"group has shape {tuple(self.group.shape)} but y has {tuple(self.y.shape)}; "
+                "pass one group value per sample as a 1-D tensor"
             )
 
     def __len__(self) -> int:
@@ -38,7 +48,8 @@ class ArrayDataset:
         return [int(c) for c in torch.unique(self.y).tolist()]
 
     def subset(self, index: torch.Tensor) -> ArrayDataset:
-        return ArrayDataset(self.x[index], self.y[index])
+        group = None if self.group is None else self.group[index]
+        return ArrayDataset(self.x[index], self.y[index], group)
 
     def validate(self, *, name: str = "data") -> ArrayDataset:
         """Reject data an update cannot use, with a message that says what to fix."""
@@ -58,4 +69,9 @@ class ArrayDataset:
 
     @staticmethod
     def concat(parts: list[ArrayDataset]) -> ArrayDataset:
-        return ArrayDataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]))
+        """Rows of all parts in order; ``group`` is kept only when every part has one."""
+        groups = [p.group for p in parts]
+        group = None
+        if groups and all(g is not None for g in groups):
+            group = torch.cat(groups)  # type: ignore[arg-type]
+        return ArrayDataset(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]), group)

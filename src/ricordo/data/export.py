@@ -18,14 +18,17 @@ _CHUNK_FILE = re.compile(r"^(train|test)-(\d+)\.npz$")
 
 
 def _write_npz(data: ArrayDataset, path: Path) -> Path:
-    """Save x (float32) and y (int64) without pickles; write a temp file first, then rename."""
+    """Save x (float32), y (int64) and the group if any, without pickles; write a temp file
+    first, then rename."""
+    arrays = {
+        "x": data.x.detach().cpu().to(torch.float32).numpy(),
+        "y": data.y.detach().cpu().to(torch.int64).numpy(),
+    }
+    if data.group is not None:
+        arrays["group"] = data.group.detach().cpu().numpy()
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as f:
-        np.savez(
-            f,
-            x=data.x.detach().cpu().to(torch.float32).numpy(),
-            y=data.y.detach().cpu().to(torch.int64).numpy(),
-        )
+        np.savez(f, **arrays)
     os.replace(tmp, path)
     return path
 
@@ -46,6 +49,7 @@ def export_scenario(scenario: Scenario, out_dir: str | Path) -> list[Path]:
                 "name": scenario.name,
                 "updates": len(scenario),
                 "chunk_classes": scenario.chunk_classes,
+                "task_incremental": scenario.task_incremental,
                 "info": scenario.info,
                 "feature_shape": list(scenario.train[0].feature_shape),
                 "chunks": [

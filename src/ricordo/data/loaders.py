@@ -31,6 +31,7 @@ def load_data(
     *,
     target: str | None = None,
     name: str | None = None,
+    group_column: str | None = None,
 ) -> ArrayDataset:
     """Load ``source`` as an ``ArrayDataset`` so every layer above sees one format.
 
@@ -39,15 +40,19 @@ def load_data(
     ``y``; a pair ``(x, y)``; a mapping with keys ``"x"`` and ``"y"``; a map-style
     ``torch.utils.data.Dataset`` of ``(x, y)`` items; or an ``ArrayDataset`` (returned as is).
     ``name`` is used in error messages (default: the file name, else ``"data"``).
+    A per-sample group (year, domain) for grouped scenarios comes from the CSV/Parquet column
+    ``group_column`` (not a feature then), an optional array ``group`` in a ``.npz``, or a
+    ``"group"`` key of a mapping; string groups become codes 0..G-1 in sorted order.
     """
     if isinstance(source, (str, Path)):
-        return _load_file(Path(source), y=y, target=target, name=name)
+        return _load_file(Path(source), y=y, target=target, name=name, group_column=group_column)
     label = name or "data"
-    if target is not None:
-        raise DataError(
-            f"target={target!r} names a label column and applies only to CSV/Parquet files; "
-            f"{label} is a {type(source).__name__}, drop target="
-        )
+    for option, value in (("target", target), ("group_column", group_column)):
+        if value is not None:
+            raise DataError(
+                f"{option}={value!r} names a column and applies only to CSV/Parquet files; "
+                f"{label} is a {type(source).__name__}, drop {option}="
+            )
     if isinstance(source, ArrayDataset):
         _no_y(y, label, "an ArrayDataset")
         return source
@@ -73,7 +78,7 @@ def load_data(
             raise DataError(
                 f"{label} needs keys 'x' and 'y'; found keys: {', '.join(keys) or '(none)'}"
             )
-        return _from_arrays(source["x"], source["y"], label)
+        return _from_arrays(source["x"], source["y"], label, source.get("group"))
     if isinstance(source, torch.utils.data.IterableDataset):
         raise DataError(
             f"{label} is an iterable-style torch Dataset; pass a map-style Dataset "
@@ -97,7 +102,9 @@ def _no_y(y: Any, label: str, kind: str) -> None:
 # ----------------------------------------------------------------------------------- files
 
 
-def _load_file(path: Path, *, y: Any, target: str | None, name: str | None) -> ArrayDataset:
+def _load_file(
+    path: Path, *, y: Any, target: str | None, name: str | None, group_column: str | None = None
+) -> ArrayDataset:
     label = name or path.name
     prefix = "" if label in (str(path), path.name) else f"{label}: "
     if not path.exists():
@@ -113,14 +120,15 @@ def _load_file(path: Path, *, y: Any, target: str | None, name: str | None) -> A
     if y is not None:
         raise DataError(f"{label} is a file that carries its own labels; drop the separate y")
     if suffix == ".npz":
-        if target is not None:
-            raise DataError(
-                f"target={target!r} applies only to CSV/Parquet; {label} is .npz with arrays "
-                "'x' and 'y', drop target="
-            )
+        for option, value in (("target", target), ("group_column", group_column)):
+            if value is not None:
+                raise DataError(
+                    f"{option}={value!r} applies only to CSV/Parquet; {label} is .npz with "
+                    f"arrays 'x', 'y' (and optionally 'group'), drop {option}="
+                )
         return _load_npz(path, label)
     columns = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
-    return _from_columns(columns, target, label)
+    return _from_columns(columns, target, label, group_column)
 
 
 def _load_npz(path: Path, label: str) -> ArrayDataset:
@@ -137,6 +145,7 @@ def _load_npz(path: Path, label: str) -> ArrayDataset:
                     "save with np.savez(path, x=features, y=labels)"
                 )
             x, y = npz["x"], npz["y"]
+            group = npz["group"] if "group" in keys else None
     except DataError:
         raise
     except ValueError as e:
@@ -152,7 +161,7 @@ def _load_npz(path: Path, label: str) -> ArrayDataset:
         raise DataError(
             f"{label} is not a readable .npz file ({e}); re-save it with np.savez"
         ) from None
-    return _from_arrays(x, y, label)
+    return _from_arrays(x, y, label, group)
 
 
 def _read_csv(path: Path, label: str) -> dict[str, np.ndarray]:
@@ -222,7 +231,9 @@ def _read_parquet(path: Path, label: str) -> dict[str, np.ndarray]:
     return columns
 
 
-def _from_columns(columns: dict[str, np.ndarray], target: str | None, label: str) -> ArrayDataset:
+def _from_columns(
+    columns: dict[str, np.ndarray], target: str | None, label: str, group_column: str | None = None
+) -> ArrayDataset:
     names = list(columns)
     if target is None:
         raise DataError(
@@ -231,7 +242,13 @@ def _from_columns(columns: dict[str, np.ndarray], target: str | None, label: str
         )
     if target not in columns:
         raise DataError(f"{label} has no column {target!r}; available columns: {', '.join(names)}")
-    features = [c for c in names if c != target]
+    if group_column is not None and group_column not in columns:
+        raise DataError(
+            f"{label} has no group column {group_column!r}; available columns: {', '.join(names)}"
+        )
+    if group_column == target:
+        raise DataError(f"{label}: group_column and target are both {target!r}; pick two columns")
+    features = [c for c in names if c not in (target, group_column)]
     if not features:
         raise DataError(f"{label} has only the label column {target!r}; it needs feature columns")
     bad = [c for c in features if columns[c].dtype.kind not in "biuf"]
@@ -242,13 +259,16 @@ def _from_columns(columns: dict[str, np.ndarray], target: str | None, label: str
         )
     x = np.stack([columns[c].astype(np.float32) for c in features], axis=1)
     y = _labels(columns[target], f"column {target!r}", label)
-    return ArrayDataset(torch.from_numpy(x), y)
+    group = None
+    if group_column is not None:
+        group = _group(columns[group_column], f"column {group_column!r}", len(y))
+    return ArrayDataset(torch.from_numpy(x), y, group)
 
 
 # ---------------------------------------------------------------------------------- arrays
 
 
-def _from_arrays(x: Any, y: Any, label: str) -> ArrayDataset:
+def _from_arrays(x: Any, y: Any, label: str, group: Any = None) -> ArrayDataset:
     xt = _features(x, label)
     yt = _labels(y, label, label)
     if xt.shape[0] != yt.shape[0]:
@@ -256,7 +276,43 @@ def _from_arrays(x: Any, y: Any, label: str) -> ArrayDataset:
             f"{label} has {xt.shape[0]} feature rows but {yt.shape[0]} labels; "
             "pass exactly one label per row"
         )
-    return ArrayDataset(xt, yt)
+    gt = None if group is None else _group(group, f"the group of {label}", len(yt))
+    return ArrayDataset(xt, yt, gt)
+
+
+def _group(values: Any, where: str, n: int) -> torch.Tensor:
+    """Group values as a 1-D tensor: whole numbers int64, other numbers float64, ISO dates or
+    times as int64 days (or seconds, for times) since 1970-01-01, so they sort chronologically.
+
+    Other strings are refused: codes made per file would differ between train and test.
+    """
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+    arr = _as_numpy(arr, where)
+    if arr.ndim != 1 or len(arr) != n:
+        raise DataError(f"{where} has shape {arr.shape}; pass one group value per sample ({n})")
+    if arr.dtype.kind in "USOM":
+        items = arr.tolist()
+        if any(v is None or v == "" or (isinstance(v, float) and np.isnan(v)) for v in items):
+            raise DataError(f"{where} has missing values; fill or drop those rows")
+        try:
+            dates = arr if arr.dtype.kind == "M" else arr.astype(str).astype("datetime64")
+        except ValueError:
+            raise DataError(
+                f"{where} holds strings that are not ISO dates (e.g. {str(items[0])!r}); map "
+                "them to numbers first, with the same mapping for train and test"
+            ) from None
+        coarse = np.datetime_data(dates.dtype)[0] in ("Y", "M", "W", "D")
+        arr = dates.astype("datetime64[D]" if coarse else "datetime64[s]").astype(np.int64)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{where} has dtype {arr.dtype}; use numbers or strings as groups")
+    if arr.dtype.kind == "f":
+        if np.isnan(arr).any():
+            raise DataError(f"{where} has missing values (NaN); fill or drop those rows")
+        if np.all(arr == np.round(arr)) and np.isfinite(arr).all():
+            arr = arr.astype(np.int64)
+    return torch.from_numpy(
+        np.ascontiguousarray(arr, dtype=np.int64 if arr.dtype.kind in "biu" else np.float64)
+    )
 
 
 def _as_numpy(a: Any, what: str) -> np.ndarray:
@@ -392,3 +448,53 @@ def _from_torch_dataset(ds: torch.utils.data.Dataset, label: str) -> ArrayDatase
     if not xs:
         return ArrayDataset(torch.empty(0), torch.empty(0, dtype=torch.int64))
     return _from_arrays(torch.stack(xs), np.array(ys), label)
+
+
+# ------------------------------------------------------------------------- features only
+
+
+def load_features(
+    source: Any, *, target: str | None = None, name: str | None = None
+) -> torch.Tensor:
+    """Features for prediction, where labels are optional: ``.npy``, ``.npz`` (``x``), CSV or
+    Parquet (every column except ``target`` when it is present), arrays, tensors or any input
+    :func:`load_data` accepts.
+    """
+    if not isinstance(source, (str, Path)):
+        if isinstance(source, (np.ndarray, torch.Tensor, list)):
+            return _features(source, name or "inputs")
+        return load_data(source, name=name).x
+    path = Path(source)
+    label = name or path.name
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".csv", ".parquet") or not path.is_file():
+        return load_data(path, target=target, name=name).x
+    if suffix == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise DataError(
+                f"{label} is not a plain numeric .npy file ({e}); save it with np.save(path, x)"
+            ) from None
+        except (OSError, EOFError) as e:
+            raise DataError(f"{label} is not a readable .npy file ({e})") from None
+        return _features(array, label)
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if "y" not in archive.files and "x" in archive.files:
+                    return _features(archive["x"], label)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            pass  # load_data below gives the detailed message
+        return load_data(path, name=name).x
+    columns = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
+    features = {k: v for k, v in columns.items() if k != target}
+    bad = [c for c, v in features.items() if v.dtype.kind not in "biuf"]
+    if bad:
+        raise DataError(
+            f"{label} has non-numeric columns: {', '.join(bad)}; drop them, or name the label "
+            "column with --target so it is left out"
+        )
+    if not features:
+        raise DataError(f"{label} has no feature columns")
+    return torch.from_numpy(np.stack([v.astype(np.float32) for v in features.values()], axis=1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,11 +18,16 @@ def evaluate_logits(
     batch_size: int,
     device: torch.device,
     model: nn.Module,
+    *,
+    classes: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Accuracy and mean loss of ``predict`` (x -> logits) on ``data``.
 
     A label beyond the model's outputs (a class not seen yet) counts as an error and is left out
-    of the loss, so unseen chunks can be evaluated (forward transfer needs them).
+    of the loss, so unseen chunks can be evaluated (forward transfer needs them). ``classes``
+    restricts the prediction to those classes (the other logits are set to -inf, as in
+    task-incremental evaluation); labels outside them count as errors and are left out of the
+    loss.
     """
     was_training = model.training
     model.eval()
@@ -31,8 +36,16 @@ def evaluate_logits(
         x = data.x[start : start + batch_size].to(device)
         y = data.y[start : start + batch_size].to(device)
         logits = predict(x).float()
-        correct += int((logits.argmax(1) == y).sum())
         known = y < logits.shape[1]
+        if classes is not None:
+            allowed = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+            ids = [int(c) for c in classes if 0 <= int(c) < logits.shape[1]]
+            allowed[ids] = True
+            logits = logits.masked_fill(~allowed, float("-inf"))
+            known = known & allowed[y.clamp(0, logits.shape[1] - 1)]
+            if not ids:  # every logit is -inf: no prediction can be right
+                continue
+        correct += int((logits.argmax(1) == y).sum())
         if bool(known.any()):
             loss_sum += float(F.cross_entropy(logits[known], y[known], reduction="sum"))
             loss_count += int(known.sum())

@@ -104,6 +104,10 @@ def _train_update(
     ctx: UpdateContext,
 ) -> TrainReport:
     config = ctx.config
+    # torch.optim imports torch._dynamo on the first step (1-3 s once per process); import it
+    # before the clock starts so a process's first update is timed like the others.
+    import torch._dynamo  # noqa: F401
+
     started = time.perf_counter()
     backend = make_backend(config)
     model.to(backend.device)
@@ -129,8 +133,10 @@ def _train_update(
             for start in range(0, len(iterate), config.batch_size):
                 index = order[start : start + config.batch_size]
                 batch = Batch(x_all[index].to(backend.device), y_all[index].to(backend.device))
+                # Augment the new rows for the loss only; after_step (memories) sees them raw.
+                seen = batch if config.augment is None else Batch(ctx.augment(batch.x), batch.y)
                 with backend.autocast():
-                    loss = method.loss(batch, ctx)
+                    loss = method.loss(seen, ctx)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise TrainingDivergedError(

@@ -45,6 +45,19 @@ class UpdateContext:
     def logits(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def augment(self, x: Tensor) -> Tensor:
+        """``x`` with the training augmentation ``config.augment`` applied (identity if none).
+
+        The engine augments each new batch; methods call this on replayed rows. Evaluation and
+        prediction never augment, and memories store the un-augmented rows.
+        """
+        spec = getattr(self.config, "augment", None)
+        if spec is None:
+            return x
+        from ricordo.data.augment import parse_augmentation
+
+        return parse_augmentation(spec)(x, self.generator)
+
 
 @dataclass(frozen=True)
 class NoParams:
@@ -81,7 +94,8 @@ class Method:
         return F.cross_entropy(ctx.logits(batch.x), batch.y)
 
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
-        """Called after each optimizer step (e.g. reservoir insertion)."""
+        """Called after each optimizer step (e.g. reservoir insertion), with the batch as it
+        was before augmentation."""
 
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         """Training on the chunk has finished."""

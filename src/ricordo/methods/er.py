@@ -39,13 +39,14 @@ class ExperienceReplay(Method):
         return config.memory_size, config.memory_policy
 
     def replay_batch(self, batch: Batch, ctx: UpdateContext) -> Batch | None:
-        """A batch sampled from the memory, on the training device (None while it is empty)."""
+        """A batch sampled from the memory, on the training device and augmented like the new
+        rows (None while the memory is empty)."""
         assert self.memory is not None
         if len(self.memory) == 0:
             return None
         size = self.params.memory_batch_size or ctx.config.batch_size
         rows = self.memory.sample(size)
-        return Batch(rows["x"].to(ctx.device), rows["y"].to(ctx.device))
+        return Batch(ctx.augment(rows["x"].to(ctx.device)), rows["y"].to(ctx.device))
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         replay = self.replay_batch(batch, ctx)

@@ -7,6 +7,7 @@ from ricordo.metrics.continual import (
     forgetting,
     forward_transfer,
     learning_accuracy,
+    micro_average_accuracy,
     summarize,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "forgetting",
     "forward_transfer",
     "learning_accuracy",
+    "micro_average_accuracy",
     "summarize",
 ]

@@ -10,8 +10,16 @@ Notation: ``A[i][j]`` is the accuracy on the test set of chunk ``j`` after updat
 - forgetting                  = mean_{j<T-1} ( max_{j<=i<T-1} A[i][j] - A[T-1][j] )  (Chaudhry 2018)
 - backward_transfer           = mean_{j<T-1} ( A[T-1][j] - A[j][j] )   (Lopez-Paz & Ranzato 2017)
 - forward_transfer            = mean_{j>0} ( A[j-1][j] - b[j] )        (Lopez-Paz & Ranzato 2017)
+- micro_average_accuracy      = sum_j n[j] A[T-1][j] / sum_j n[j]      (final accuracy, per sample)
+
+``n[j]`` is the number of test samples of chunk ``j``: ``average_accuracy`` weighs every chunk the
+same (macro average), ``micro_average_accuracy`` weighs every test sample the same, i.e. it is the
+final accuracy on all test chunks pooled; the two differ when chunks have different sizes.
 
 Metrics that need at least two updates are ``None`` for a single update.
+
+The same formulas apply to the task-incremental accuracy matrix (logits masked to the classes of
+the chunk being evaluated, task id known), which ``ricordo.bench`` stores next to the class-IL one.
 """
 
 from __future__ import annotations
@@ -70,11 +78,31 @@ def forward_transfer(accuracy: Sequence[Sequence[float]], initial: Sequence[floa
     return float(np.mean([a[j - 1, j] - b[j] for j in range(1, t)]))
 
 
+def micro_average_accuracy(accuracy: Sequence[Sequence[float]], test_sizes: Sequence[int]) -> float:
+    """Final accuracy over all test samples pooled: chunk accuracies weighted by their sizes."""
+    a = _matrix(accuracy)
+    t = a.shape[0]
+    n = np.asarray(test_sizes, dtype=np.float64)
+    if n.shape != (t,):
+        raise DataError(f"test sizes need one value per chunk ({t}), got shape {n.shape}")
+    if (n < 0).any() or n.sum() <= 0:
+        raise DataError(
+            f"test sizes must be >= 0 with a positive total, got {list(test_sizes)}; "
+            "pass the number of test samples of each chunk"
+        )
+    return float((a[-1] * n).sum() / n.sum())
+
+
 def summarize(
-    accuracy: Sequence[Sequence[float]], initial: Sequence[float]
+    accuracy: Sequence[Sequence[float]],
+    initial: Sequence[float],
+    test_sizes: Sequence[int] | None = None,
 ) -> dict[str, float | None]:
-    """Every metric above, keyed by name (as stored in results.json)."""
-    return {
+    """Every metric above, keyed by name (as stored in results.json).
+
+    ``micro_average_accuracy`` is included when ``test_sizes`` (samples per test chunk) is given.
+    """
+    metrics: dict[str, float | None] = {
         "average_accuracy": average_accuracy(accuracy),
         "average_incremental_accuracy": average_incremental_accuracy(accuracy),
         "learning_accuracy": learning_accuracy(accuracy),
@@ -82,3 +110,6 @@ def summarize(
         "backward_transfer": backward_transfer(accuracy),
         "forward_transfer": forward_transfer(accuracy, initial),
     }
+    if test_sizes is not None:
+        metrics["micro_average_accuracy"] = micro_average_accuracy(accuracy, test_sizes)
+    return metrics
