@@ -146,6 +146,7 @@ def _train_update(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 backend.backward(loss)
+                method.before_step(batch, ctx)
                 optimizer.step()
                 method.after_step(batch, ctx)
                 report.steps += 1

@@ -45,6 +45,12 @@ class UpdateContext:
     def logits(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The input of the output layer (penultimate features) and the logits, in one pass."""
+        from ricordo.models.head import features_and_logits
+
+        return features_and_logits(self.model, x)
+
     def augment(self, x: Tensor) -> Tensor:
         """``x`` with the training augmentation ``config.augment`` applied (identity if none).
 
@@ -92,6 +98,10 @@ class Method:
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         """The training loss of one step (default: cross-entropy on the batch)."""
         return F.cross_entropy(ctx.logits(batch.x), batch.y)
+
+    def before_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        """Called between backward and the optimizer step: gradients are in ``p.grad``
+        (e.g. A-GEM projects them, SI reads them)."""
 
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
         """Called after each optimizer step (e.g. reservoir insertion), with the batch as it

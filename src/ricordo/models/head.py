@@ -61,3 +61,26 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model`` once and return (input of its output layer, logits).
+
+    Works for any model whose logits come from its last nn.Linear (the same assumption head
+    growth makes); feature-space methods (iCaRL's class means, distillation on features) use it.
+    """
+    _, head = output_layer(_unwrap(model))
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0]))
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise ConfigError("the model's output layer was not called in forward; cannot get features")
+    return captured[-1].flatten(1), logits
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a Lightning Fabric wrapper (which forwards to ``.module``)."""
+    return getattr(model, "_forward_module", None) or getattr(model, "module", None) or model
