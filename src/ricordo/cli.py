@@ -430,6 +430,8 @@ def benchmark(
     precision: Precision = None,
     strategy: Strategy = None,
     threads: Threads = None,
+    augment: Augment = None,
+    dataset_option: DatasetOption = None,
     progress: ShowProgress = None,
 ) -> None:
     """Run a whole scenario for every method and seed; report the accuracy matrix and CL metrics.
@@ -450,6 +452,7 @@ def benchmark(
         "--dataset": dataset,
         "--data-dir": data_dir,
         "--download": download,
+        "--dataset-option": dataset_option,
         "--scenario": scenario,
         "--scenario-option": scenario_option,
         "--updates": updates,
@@ -466,6 +469,7 @@ def benchmark(
         "data_dir": None if data_dir is None else str(data_dir),
         "download": download,
         "scenario": scenario,
+        "dataset_options": _pairs(dataset_option, "--dataset-option") or None,
         "scenario_options": _pairs(scenario_option, "--scenario-option") or None,
         "updates": updates,
         "scenario_seed": scenario_seed,
@@ -500,6 +504,7 @@ def benchmark(
             precision=precision,
             strategy=strategy,
             threads=threads,
+            augment=augment,
             progress=progress,
         )
     )

@@ -96,3 +96,22 @@ def test_config_file_errors_name_the_fix(tmp_path: Path) -> None:
     good.write_text(CONFIG)
     with pytest.raises(ConfigError, match="does not accept option"):
         build_model(spec(config=str(good), options={"depth": 3}), generator_seed=0)
+
+
+def test_normalize_option_standardises_inputs_inside_the_model() -> None:
+    from ricordo.models.builtin import Normalize
+
+    layer = Normalize("cifar10", channels=3)
+    x = torch.rand(2, 3, 4, 4)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).reshape(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(layer(x), (x - mean) / std)
+    model = build_model(spec(model="cnn", options={"normalize": "0.5,0.25"}), generator_seed=0)
+    assert isinstance(model[0], Normalize)
+    assert torch.equal(model[0](torch.full((1, 1, 8, 8), 0.75)), torch.ones(1, 1, 8, 8))
+    assert "0.mean" in dict(model.named_buffers())  # saved in model.safetensors with the weights
+
+
+def test_normalize_option_rejects_bad_specs() -> None:
+    with pytest.raises(ConfigError, match="not a preset"):
+        build_model(spec(options={"normalize": "bright"}), generator_seed=0)
