@@ -171,8 +171,8 @@ def main() -> None:
             )
         )
         print(
-            f"floor = `{FLOOR}`; training s is the job's own figure and includes building the "
-            "optimizer (the torch._dynamo import)"
+            f"floor = `{FLOOR}`, what any PyTorch training process pays; training s = the "
+            "seconds the job reports for its training loop"
         )
 
         # Where does the start-up go? One instrumented second update.

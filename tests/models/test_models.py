@@ -115,3 +115,12 @@ def test_normalize_option_standardises_inputs_inside_the_model() -> None:
 def test_normalize_option_rejects_bad_specs() -> None:
     with pytest.raises(ConfigError, match="not a preset"):
         build_model(spec(options={"normalize": "bright"}), generator_seed=0)
+
+
+def test_growing_the_head_leaves_the_global_rng_alone() -> None:
+    model = build_model(spec(), generator_seed=0)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    grow_output_layer(model, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.rand(3), expected)

@@ -40,7 +40,8 @@ def grow_output_layer(model: nn.Module, num_classes: int, generator: torch.Gener
         )
     if num_classes <= old.out_features:
         return False
-    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    with torch.random.fork_rng(devices=[]):  # the default init below is overwritten anyway
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     new = new.to(device=old.weight.device, dtype=old.weight.dtype)
     bound = 1.0 / max(1, old.in_features) ** 0.5
     with torch.no_grad():
