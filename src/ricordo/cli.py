@@ -124,7 +124,9 @@ def _options(**given: Any) -> dict[str, Any]:
 
 @app.command()
 def data(
-    dataset: Annotated[str, typer.Argument(help="Built-in dataset, e.g. digits.")],
+    dataset: Annotated[
+        str, typer.Argument(help="Built-in dataset (e.g. digits) or a training file (.npz/.csv).")
+    ],
     out: Annotated[Path, typer.Option(help="Folder for train-K/test-K/test-all.npz.")],
     scenario: Annotated[str, typer.Option(help="How to cut it into chunks.")] = (
         "class-incremental"
@@ -137,16 +139,37 @@ def data(
     data_dir: DataDir = None,
     download: Download = False,
     dataset_option: DatasetOption = None,
+    test_data: Annotated[
+        str | None, typer.Option(help="Test file, when DATASET is a training file.")
+    ] = None,
+    target: Target = None,
+    group_column: Annotated[
+        str | None, typer.Option(help="Column of a table that groups samples (grouped scenario).")
+    ] = None,
 ) -> None:
-    """Cut a dataset into chunks and write them as .npz files (train-K, test-K, test-all)."""
-    from ricordo.data import export_scenario, load_builtin, make_scenario
+    """Cut a dataset into chunks and write them as .npz files (train-K, test-K, test-all).
 
-    train, test = load_builtin(
-        dataset,
-        root=data_dir,
-        download=download,
-        **_pairs(dataset_option, "--dataset-option"),
-    )
+    DATASET is a built-in name, or your own training file with --test-data (CSV/Parquet need
+    --target; --group-column feeds the grouped / time-incremental scenario).
+    """
+    from ricordo.data import export_scenario, load_builtin, load_data, make_scenario
+
+    if Path(dataset).suffix.lower() in (".npz", ".csv", ".parquet"):
+        if test_data is None:
+            raise ConfigError(f"{dataset} is a training file; pass its test file with --test-data")
+        train = load_data(dataset, target=target, group_column=group_column, name=dataset)
+        test = load_data(test_data, target=target, group_column=group_column, name=test_data)
+    else:
+        if test_data or target or group_column:
+            raise ConfigError(
+                f"--test-data/--target/--group-column apply to files, not the dataset {dataset!r}"
+            )
+        train, test = load_builtin(
+            dataset,
+            root=data_dir,
+            download=download,
+            **_pairs(dataset_option, "--dataset-option"),
+        )
     split = make_scenario(
         scenario,
         train,

@@ -109,6 +109,43 @@ def test_data_writes_chunks_and_scenario(cli: Cli, tmp_path: Path) -> None:
     assert len(x_all) == test_total == scenario["test_all_size"]
 
 
+def test_data_from_own_csv_files_with_groups(cli: Cli, tmp_path: Path) -> None:
+    """`ricordo data FILE --test-data FILE --group-column year` cuts chunks by group."""
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 60), ("test", 30)):
+        years = np.repeat([2019, 2020, 2021], n // 3)
+        labels = rng.integers(0, 3, n)
+        rows = ["f1,f2,year,label"] + [
+            f"{labels[i] + rng.random()},{rng.random()},{years[i]},{labels[i]}" for i in range(n)
+        ]
+        (tmp_path / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "chunks"
+    _ok(
+        cli(
+            "data",
+            tmp_path / "train.csv",
+            "--test-data",
+            tmp_path / "test.csv",
+            "--target",
+            "label",
+            "--group-column",
+            "year",
+            "--scenario",
+            "grouped",
+            "--updates",
+            "3",
+            "--out",
+            out,
+        )
+    )
+    for k in range(3):
+        with np.load(out / f"train-{k}.npz", allow_pickle=False) as npz:
+            assert npz["x"].shape == (20, 2)  # the group column is not a feature
+            assert set(npz["group"].tolist()) == {2019 + k}
+    result = cli("data", tmp_path / "train.csv", "--target", "label", "--out", out)
+    assert result.code == 1 and "--test-data" in result.err
+
+
 # ------------------------------------------------------------------------------------------------
 # update, evaluate, predict
 
