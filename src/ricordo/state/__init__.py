@@ -1,0 +1,28 @@
+"""The state store: versioned, checksummed, atomically written directories of files.
+
+It is content-agnostic (relative path -> bytes, plus a JSON ``meta`` dict in the manifest), never
+pickles, and works on local paths and any fsspec URL. ``import ricordo.state`` imports no torch.
+"""
+
+from __future__ import annotations
+
+from ricordo.state.manifest import FORMAT_VERSION, MIGRATIONS
+from ricordo.state.store import (
+    LoadedState,
+    list_states,
+    read_manifest,
+    read_state,
+    state_exists,
+    write_state,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MIGRATIONS",
+    "LoadedState",
+    "list_states",
+    "read_manifest",
+    "read_state",
+    "state_exists",
+    "write_state",
+]
