@@ -184,3 +184,18 @@ def test_multi_device_is_refused_with_a_clear_message(digits_scenario: Scenario)
 def test_config_object_and_keyword_overrides_combine() -> None:
     updater = Updater(UpdateConfig(method="joint"), epochs=4)
     assert updater.config.method == "joint" and updater.config.epochs == 4
+
+
+def test_bf16_true_model_evaluates_and_reloads_in_its_dtype(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="er", precision="bf16-true", accelerator="cpu", **FAST)
+    updater.update(digits_scenario.train[0])
+    assert next(updater.model.parameters()).dtype == torch.bfloat16
+    x = digits_scenario.test[0].x
+    logits = updater.predict_logits(x)
+    updater.save(str(tmp_path / "v0"))
+    reloaded = Updater.load(str(tmp_path / "v0"))
+    assert next(reloaded.model.parameters()).dtype == torch.bfloat16
+    assert torch.equal(reloaded.predict_logits(x), logits)
+    assert reloaded.evaluate(digits_scenario.test[0]) == updater.evaluate(digits_scenario.test[0])

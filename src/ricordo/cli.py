@@ -38,7 +38,23 @@ ModelOption = Annotated[
 ]
 Param = Annotated[list[str] | None, typer.Option("--param", help="Method k=v; repeat.")]
 MemorySize = Annotated[int | None, typer.Option(help="Rehearsal memory capacity.")]
-MemoryPolicy = Annotated[str | None, typer.Option(help="Memory policy, e.g. reservoir.")]
+MemoryPolicy = Annotated[
+    str | None,
+    typer.Option(help="Memory policy: reservoir, class-balanced, sliding-window or herding."),
+]
+MemoryStorage = Annotated[
+    str | None, typer.Option(help="Memory storage: ram, or mmap (files; larger than RAM).")
+]
+MemoryDir = Annotated[
+    str | None, typer.Option(help="Folder for an mmap memory's files (default: temp folder).")
+]
+MaskUnseen = Annotated[
+    bool | None,
+    typer.Option(
+        "--mask-unseen/--no-mask-unseen",
+        help="While training, mask the logits of classes in neither the chunk nor the memory.",
+    ),
+]
 MaxClasses = Annotated[int | None, typer.Option(help="Most classes the head may grow to.")]
 Optimizer = Annotated[str | None, typer.Option(help="sgd, adam or adamw.")]
 Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
@@ -202,6 +218,9 @@ def update(
     param: Param = None,
     memory_size: MemorySize = None,
     memory_policy: MemoryPolicy = None,
+    memory_storage: MemoryStorage = None,
+    memory_dir: MemoryDir = None,
+    mask_unseen: MaskUnseen = None,
     max_classes: MaxClasses = None,
     optimizer: Optimizer = None,
     lr: Lr = None,
@@ -237,6 +256,9 @@ def update(
         params=_pairs(param, "--param"),
         memory_size=memory_size,
         memory_policy=memory_policy,
+        memory_storage=memory_storage,
+        memory_dir=memory_dir,
+        mask_unseen=mask_unseen,
         max_classes=max_classes,
         optimizer=optimizer,
         lr=lr,
@@ -437,6 +459,9 @@ def benchmark(
     param: Param = None,
     memory_size: MemorySize = None,
     memory_policy: MemoryPolicy = None,
+    memory_storage: MemoryStorage = None,
+    memory_dir: MemoryDir = None,
+    mask_unseen: MaskUnseen = None,
     max_classes: MaxClasses = None,
     optimizer: Optimizer = None,
     lr: Lr = None,
@@ -512,6 +537,9 @@ def benchmark(
             params=_pairs(param, "--param"),
             memory_size=memory_size,
             memory_policy=memory_policy,
+            memory_storage=memory_storage,
+            memory_dir=memory_dir,
+            mask_unseen=mask_unseen,
             max_classes=max_classes,
             optimizer=optimizer,
             lr=lr,

@@ -24,6 +24,7 @@ LINEAGE_FIELDS = (
     "method",
     "memory_size",
     "memory_policy",
+    "memory_storage",
     "max_classes",
 )
 
@@ -41,6 +42,7 @@ class UpdateConfig:
     params: dict[str, Any] = field(default_factory=dict)
     memory_size: int = 500
     memory_policy: str = "reservoir"
+    memory_storage: str = "ram"  # "ram" or "mmap" (memory-mapped .npy files: larger than RAM)
     max_classes: int = 1000
     # How it is trained (may change from one update to the next).
     optimizer: str = "sgd"
@@ -61,6 +63,10 @@ class UpdateConfig:
     strategy: str = "auto"
     threads: int | None = None
     progress: bool = True
+    # Training only: logits of classes in neither the chunk nor the memory are set to -inf.
+    mask_unseen: bool = False
+    # Working folder of an mmap memory's files (default: the temp folder; avoid a RAM tmpfs).
+    memory_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -89,6 +95,18 @@ class UpdateConfig:
             "a validation split as well: add --val-fraction 0.1",
         )
         _check(self.memory_size >= 0, "memory_size", self.memory_size, "an integer >= 0")
+        _check(
+            self.memory_storage in ("ram", "mmap"),
+            "memory_storage",
+            self.memory_storage,
+            "'ram' or 'mmap' (memory-mapped files for memories larger than RAM)",
+        )
+        _check(
+            self.memory_dir is None or self.memory_storage == "mmap",
+            "memory_dir",
+            self.memory_dir,
+            "no folder unless --memory-storage mmap",
+        )
         _check(self.max_classes >= 1, "max_classes", self.max_classes, "an integer >= 1")
         _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
         _check(self.devices >= 1, "devices", self.devices, "an integer >= 1")

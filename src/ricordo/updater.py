@@ -25,7 +25,7 @@ from ricordo import __version__
 from ricordo.config import LINEAGE_FIELDS, UpdateConfig
 from ricordo.data.dataset import ArrayDataset
 from ricordo.data.loaders import load_data, load_features
-from ricordo.engine.evaluate import evaluate_logits
+from ricordo.engine.evaluate import evaluate_logits, input_dtype
 from ricordo.engine.loop import TrainReport, train_update
 from ricordo.errors import ConfigError, DataError, StateCorruptError
 from ricordo.memory import TensorMemory
@@ -70,7 +70,13 @@ class Updater:
         if spec is None:
             return None
         capacity, policy = spec
-        return TensorMemory(capacity, policy=policy, seed=self.config.seed)
+        return TensorMemory(
+            capacity,
+            policy=policy,
+            seed=self.config.seed,
+            storage=self.config.memory_storage,
+            directory=self.config.memory_dir,
+        )
 
     @property
     def updates(self) -> int:
@@ -235,6 +241,7 @@ class Updater:
         ctx = self._inference_context(model)
         was_training = model.training
         model.eval()
+        inputs = inputs.to(input_dtype(model))
         outputs = [
             self.method.predict(inputs[i : i + batch_size], ctx).float()
             for i in range(0, len(inputs), batch_size)
@@ -315,12 +322,18 @@ class Updater:
                 "size": len(self.memory),
             },
         }
-        return write_state(url, files, meta, parent=self.source_url, overwrite=overwrite)
+        try:
+            return write_state(url, files, meta, parent=self.source_url, overwrite=overwrite)
+        finally:
+            if self.memory is not None:
+                self.memory.release_exports()
 
     @classmethod
     def load(cls, url: str) -> Updater:
         """Read a state written by :meth:`save`, verifying every checksum."""
-        state = read_state(url)
+        # The memory's files (local states) are verified in chunks and come back as paths: an
+        # mmap memory maps its .npy files instead of reading them whole.
+        state = read_state(url, lazy_prefixes=("memory/",))
         meta = state.meta
         try:
             config = UpdateConfig.from_dict(meta["config"])
@@ -329,13 +342,22 @@ class Updater:
             updater.seen_classes = [int(c) for c in meta["seen_classes"]]
             updater.history = json.loads(state.files[HISTORY_FILE])
             model = build_model(updater.model_spec, generator_seed=config.seed)
-            model.load_state_dict(load_tensors(state.files[MODEL_FILE]))
+            weights = load_tensors(state.files[MODEL_FILE])
+            # A model trained at --precision bf16-true / 16-true was saved in that dtype.
+            dtypes = {t.dtype for t in weights.values() if t.is_floating_point()}
+            if len(dtypes) == 1 and torch.float32 not in dtypes:
+                model.to(dtypes.pop())
+            model.load_state_dict(weights)
             updater.model = model
             updater.method.load_state(
                 load_tensors(state.files[METHOD_TENSORS]), json.loads(state.files[METHOD_JSON])
             )
             if updater.memory is not None:
-                updater.method.memory = TensorMemory.from_files(state.files)
+                updater.method.memory = TensorMemory.from_files(
+                    state.files,
+                    storage=config.memory_storage,
+                    directory=config.memory_dir,
+                )
         except (KeyError, RuntimeError, ValueError, json.JSONDecodeError) as error:
             if isinstance(error, ConfigError):
                 raise

@@ -33,7 +33,8 @@ def evaluate_logits(
     model.eval()
     correct, loss_sum, loss_count = 0, 0.0, 0
     for start in range(0, len(data), batch_size):
-        x = data.x[start : start + batch_size].to(device)
+        # Inputs follow the model's dtype (a bf16-true model gets bf16 inputs).
+        x = data.x[start : start + batch_size].to(device, dtype=input_dtype(model))
         y = data.y[start : start + batch_size].to(device)
         logits = predict(x).float()
         known = y < logits.shape[1]
@@ -55,3 +56,10 @@ def evaluate_logits(
         "loss": loss_sum / loss_count if loss_count else float("nan"),
         "samples": float(len(data)),
     }
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32

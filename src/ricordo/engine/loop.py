@@ -120,6 +120,8 @@ def _train_update(
     train_data, val_data = split_validation(data, config.val_fraction, ctx.generator)
     method.begin_update(train_data, ctx)
     iterate = method.training_data(train_data, ctx)
+    if config.mask_unseen:
+        ctx.train_classes = _training_classes(method, iterate)
     x_all, y_all = iterate.x, iterate.y
     steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
     best_accuracy, best_state, bad_epochs = -1.0, None, 0
@@ -176,6 +178,38 @@ def _train_update(
         # Early stopping restores the weights of the best validation epoch.
         model.load_state_dict(best_state)
     ctx.model = model
+    ctx.train_classes = None
     method.end_update(train_data, ctx)
+    _reselect_memory(method, train_data, ctx)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _training_classes(method: Method, data: ArrayDataset) -> list[int]:
+    """--mask-unseen: the classes that may compete while training (the data's and the memory's)."""
+    classes = set(data.classes())
+    memory = method.memory
+    if memory is not None and len(memory) and memory.label_field in memory.fields:
+        labels = memory.get()[memory.label_field]
+        if not labels.dtype.is_floating_point:
+            classes.update(int(c) for c in torch.unique(labels).tolist())
+    return sorted(classes)
+
+
+def _reselect_memory(method: Method, data: ArrayDataset, ctx: UpdateContext) -> None:
+    """Offline memory policies (herding) select from the features of the trained model."""
+    memory = method.memory
+    if memory is None or not memory.policy.offline:
+        return
+    model = ctx.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            memory.reselect(
+                lambda x: ctx.features_and_logits(x.to(ctx.device))[0],
+                method.memory_candidates(data, ctx),
+                batch_size=4 * ctx.config.batch_size,
+            )
+    finally:
+        model.train(was_training)

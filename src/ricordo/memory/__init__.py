@@ -1,8 +1,29 @@
-"""Rehearsal memory: per-field tensor storage with pluggable selection policies."""
+"""Rehearsal memory: per-field tensor storage (RAM or memory-mapped) with pluggable policies."""
 
 from __future__ import annotations
 
 from ricordo.memory.buffer import TensorMemory
-from ricordo.memory.policies import POLICIES, InfinitePolicy, MemoryPolicy, ReservoirPolicy
+from ricordo.memory.herding import herding_order
+from ricordo.memory.policies import (
+    POLICIES,
+    ClassBalancedPolicy,
+    HerdingPolicy,
+    InfinitePolicy,
+    MemoryPolicy,
+    ReservoirPolicy,
+    SlidingWindowPolicy,
+)
+from ricordo.memory.storage import STORAGES
 
-__all__ = ["POLICIES", "InfinitePolicy", "MemoryPolicy", "ReservoirPolicy", "TensorMemory"]
+__all__ = [
+    "POLICIES",
+    "STORAGES",
+    "ClassBalancedPolicy",
+    "HerdingPolicy",
+    "InfinitePolicy",
+    "MemoryPolicy",
+    "ReservoirPolicy",
+    "SlidingWindowPolicy",
+    "TensorMemory",
+    "herding_order",
+]

@@ -1,19 +1,25 @@
 """Rehearsal memory held in one preallocated tensor per field, with O(batch) insertion.
 
 Unlike buffers that keep one Python object or one file per item, every operation here is a handful
-of tensor ops whose cost depends on the batch size, never on how many items are stored.
+of tensor ops whose cost depends on the batch size, never on how many items are stored. The field
+tensors live in RAM or, with ``storage="mmap"``, in memory-mapped ``.npy`` files, so a memory may
+be larger than RAM.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import operator
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from ricordo.errors import ConfigError, DataError
 from ricordo.memory.policies import POLICIES, MemoryPolicy
+from ricordo.memory.storage import MmapStorage, RamStorage, copy_rows, make_storage
 
 __all__ = ["TensorMemory"]
 
@@ -30,6 +36,10 @@ class TensorMemory:
     The field set, each field's per-row shape and dtype are fixed by the first ``add``. All
     randomness (placement and sampling) comes from the memory's own generator seeded with ``seed``,
     whose state is saved with the memory, so a restored memory continues bit for bit.
+
+    ``storage="mmap"`` keeps every field in a memory-mapped ``.npy`` file in a private subfolder
+    of ``directory`` (default: the system temp folder; avoid a RAM-backed tmpfs), removed when the
+    memory is freed; such a memory saves its fields as ``.npy`` files.
     """
 
     def __init__(
@@ -40,6 +50,8 @@ class TensorMemory:
         *,
         device: str | torch.device = "cpu",
         label_field: str = "y",
+        storage: str = "ram",
+        directory: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(policy, MemoryPolicy):
             if policy.capacity != capacity:
@@ -57,12 +69,19 @@ class TensorMemory:
         self.seed = seed
         self.label_field = label_field
         self.device = torch.device(device)
+        if storage == "mmap" and self.device.type != "cpu":
+            raise ConfigError(
+                f"memory-mapped memories live on the CPU, got device {self.device}; "
+                "use storage='ram' for a memory on an accelerator"
+            )
+        self._storage: RamStorage | MmapStorage = make_storage(storage, directory)
         # Placement and sampling draw on the CPU whatever the storage device: decisions are tiny,
         # and a CPU generator state is portable across machines and devices.
         self.generator = torch.Generator().manual_seed(seed)
         self._data: dict[str, Tensor] = {}  # field -> storage with >= size rows
         self._size = 0
         self._seen = 0
+        self._exports: list[str] = []  # export files of the last to_files (memory-mapped only)
 
     # ---------------------------------------------------------------- properties
 
@@ -89,6 +108,20 @@ class TensorMemory:
     def policy(self) -> MemoryPolicy:
         return self._policy
 
+    @property
+    def storage(self) -> str:
+        """Where the fields live: "ram" or "mmap"."""
+        return self._storage.kind
+
+    @property
+    def directory(self) -> str | None:
+        """The working folder of a memory-mapped memory's ``.npy`` files (None in RAM)."""
+        return self._storage.root
+
+    def field_file(self, name: str) -> str | None:
+        """The ``.npy`` file holding a field of a memory-mapped memory (None in RAM)."""
+        return self._storage.file_of(self._field(name))
+
     def field_spec(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """Per-row shape and dtype of a field."""
         storage = self._field(name)
@@ -112,11 +145,11 @@ class TensorMemory:
                     f"{self.label_field!r}, but the batch has fields {sorted(batch)}"
                 )
             labels = batch[self.label_field].detach().cpu()
-        if not self._data:
-            self._allocate(batch, self._initial_rows(n))
         slots, rows = self._policy.place(
             seen=self._seen, size=self._size, n=n, labels=labels, generator=self.generator
         )
+        if not self._data:  # after place: a batch the policy rejects does not fix the fields
+            self._allocate(batch, self._initial_rows(n))
         result = torch.full((n,), -1, dtype=torch.int64)
         k = slots.numel()
         if k:
@@ -198,9 +231,12 @@ class TensorMemory:
 
     def _allocate(self, template: Mapping[str, Tensor], rows: int) -> None:
         self._data = {
-            name: torch.empty((rows, *value.shape[1:]), dtype=value.dtype, device=self.device)
+            name: self._new_storage(rows, tuple(value.shape[1:]), value.dtype)
             for name, value in template.items()
         }
+
+    def _new_storage(self, rows: int, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return self._storage.allocate((rows, *shape), dtype, self.device)
 
     def _rows_allocated(self) -> int:
         return next(iter(self._data.values())).shape[0]
@@ -224,9 +260,10 @@ class TensorMemory:
         if self.capacity is not None:
             new_rows = min(new_rows, self.capacity)
         for name, storage in self._data.items():
-            bigger = storage.new_empty((new_rows, *storage.shape[1:]))
-            bigger[: self._size] = storage[: self._size]
+            bigger = self._new_storage(new_rows, tuple(storage.shape[1:]), storage.dtype)
+            copy_rows(bigger, storage, self._size)
             self._data[name] = bigger
+            self._storage.free(storage)
 
     # ---------------------------------------------------------------- reading
 
@@ -293,9 +330,140 @@ class TensorMemory:
         if name in self._data:
             raise DataError(f"memory field {name!r} already exists; use update_field to change it")
         fill = fill.detach().to(self.device)
-        storage = fill.new_empty((self._rows_allocated(), *fill.shape))
+        storage = self._new_storage(self._rows_allocated(), tuple(fill.shape), fill.dtype)
         storage[: self._size] = fill
         self._data[name] = storage
+
+    def reselect(
+        self,
+        embed: Callable[[Tensor], Tensor],
+        candidates: Mapping[str, Tensor] | None = None,
+        *,
+        input_field: str = "x",
+        batch_size: int = 1024,
+    ) -> Tensor:
+        """Offline selection (e.g. herding) at the end of an update; returns the kept pool rows.
+
+        The pool is the stored rows the policy keeps in play (``policy.pool_size``: for herding,
+        the exemplars of earlier updates) followed by ``candidates`` (e.g. the chunk's rows, with
+        the memory's fields). ``embed`` maps a batch of ``input_field`` rows to features (N, d);
+        the policy picks at most ``capacity`` pool rows, which become the memory's contents, in
+        the order picked. Rows are gathered in pieces into fresh storage, so a memory-mapped
+        memory never holds the pool in RAM (only its features and labels).
+        """
+        if not self._policy.offline:
+            raise ConfigError(
+                f"memory policy {self.policy_name!r} selects rows as they arrive; reselect is "
+                "for offline policies such as 'herding'"
+            )
+        extra = 0
+        if candidates is not None:
+            if self._data and candidates.keys() != self._data.keys():
+                raise ConfigError(
+                    f"memory policy {self.policy_name!r} re-selects from the stored rows and "
+                    f"candidate rows with the same fields, but the memory stores "
+                    f"{list(self._data)} and the candidates have {sorted(candidates)}; supply "
+                    "every field (override Method.memory_candidates) or use policy 'reservoir'"
+                )
+            extra = self._check_batch(candidates)
+        if not self._data and not extra:
+            return torch.empty(0, dtype=torch.int64)
+        template = self._data or candidates
+        assert template is not None
+        for name in (input_field, self.label_field):
+            if name not in template:
+                raise DataError(
+                    f"memory policy {self.policy_name!r} needs fields {input_field!r} and "
+                    f"{self.label_field!r}, but the memory has {list(template)}"
+                )
+        kept = self._policy.pool_size(self._size) if self._data else 0
+        sources = [] if not kept else [{k: v[:kept] for k, v in self._data.items()}]
+        if extra:
+            assert candidates is not None
+            sources.append(dict(candidates))
+        features, labels = [], []
+        with torch.no_grad():
+            for source in sources:
+                labels.append(source[self.label_field].detach().cpu())
+                inputs = source[input_field]
+                for start in range(0, len(inputs), batch_size):
+                    out = embed(inputs[start : start + batch_size])
+                    features.append(out.detach().float().cpu().reshape(len(out), -1))
+        picks = self._policy.select(torch.cat(features), torch.cat(labels))
+        pool = kept + extra
+        limit = pool if self.capacity is None else min(pool, self.capacity)
+        valid = picks.numel() <= limit and (
+            picks.numel() == 0
+            or (
+                int(picks.min()) >= 0
+                and int(picks.max()) < pool
+                and picks.unique().numel() == picks.numel()
+            )
+        )
+        if not valid:
+            raise RuntimeError(
+                f"memory policy {self.policy_name!r} picked invalid rows {picks.tolist()[:8]} "
+                f"from a pool of {pool} with capacity {self.capacity}"
+            )
+        if not self._data:
+            assert candidates is not None
+            self._allocate(candidates, self._initial_rows(picks.numel()))
+        rows = max(self._rows_allocated(), picks.numel())
+        step = 4096
+        for name, storage in list(self._data.items()):
+            fresh = self._new_storage(rows, tuple(storage.shape[1:]), storage.dtype)
+            with torch.no_grad():
+                for start in range(0, picks.numel(), step):
+                    index = picks[start : start + step]
+                    old = index < kept
+                    part = torch.empty(
+                        (len(index), *storage.shape[1:]), dtype=storage.dtype, device=self.device
+                    )
+                    if bool(old.any()):
+                        part[old] = storage.index_select(0, index[old].to(self.device))
+                    if not bool(old.all()):
+                        assert candidates is not None
+                        value = candidates[name].detach()
+                        new_rows = (index[~old] - kept).to(value.device)
+                        part[~old] = value.index_select(0, new_rows).to(self.device)
+                    fresh[start : start + len(index)] = part
+            self._data[name] = fresh
+            self._storage.free(storage)
+        self._size = picks.numel()
+        self._policy.reselected(self._size)
+        return picks
+
+    def empty_like(self) -> TensorMemory:
+        """An empty memory with this one's configuration (capacity, policy, seed, device, label
+        field, storage and its parent folder) and a copy of its generator state."""
+        other = TensorMemory(
+            self.capacity,
+            self.policy_name,
+            self.seed,
+            device=self.device,
+            label_field=self.label_field,
+            storage=self.storage,
+            directory=getattr(self._storage, "parent", None),
+        )
+        other.generator.set_state(self.generator.get_state())
+        return other
+
+    def __deepcopy__(self, memo: dict[int, object]) -> TensorMemory:
+        """A deep copy with its own storage (memory-mapped files are copied into a new folder);
+        only the filled rows are copied."""
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key not in ("_data", "_storage", "_exports"):
+                setattr(new, key, copy.deepcopy(value, memo))
+        new._storage = self._storage.sibling()
+        new._exports = []
+        new._data = {}
+        for name, storage in self._data.items():
+            clone = new._storage.allocate(tuple(storage.shape), storage.dtype, storage.device)
+            copy_rows(clone, storage, self._size)
+            new._data[name] = clone
+        return new
 
     def _field(self, name: str) -> Tensor:
         try:
@@ -309,24 +477,41 @@ class TensorMemory:
 
     def to_files(
         self, prefix: str = "memory/", *, max_shard_bytes: int | None = None
-    ) -> dict[str, bytes]:
-        """Serialise to ``{path: bytes}``: safetensors shards plus ``{prefix}index.json``."""
+    ) -> dict[str, bytes | os.PathLike[str]]:
+        """Serialise to ``{path: bytes or local file}`` plus ``{prefix}index.json``.
+
+        In RAM: safetensors shards (bytes). Memory-mapped: one ``.npy`` file per field, given as
+        a local path (the working file itself when the memory is full, else an export copy of
+        the filled rows); the paths stay valid until ``release_exports`` or the next call.
+        """
         from ricordo.memory import persist
 
         return persist.to_files(self, prefix, max_shard_bytes=max_shard_bytes)
 
+    def release_exports(self) -> None:
+        """Delete the export files the last ``to_files`` of a memory-mapped memory made."""
+        for path in self._exports:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        self._exports = []
+
     @classmethod
     def from_files(
         cls,
-        files: Mapping[str, bytes],
+        files: Mapping[str, bytes | os.PathLike[str]],
         prefix: str = "memory/",
         *,
         device: str | torch.device = "cpu",
+        storage: str = "ram",
+        directory: str | os.PathLike[str] | None = None,
     ) -> TensorMemory:
-        """Exact inverse of ``to_files``; raises StateCorruptError naming what is wrong."""
+        """Exact inverse of ``to_files`` (either layout, into either storage; files may be bytes
+        or local paths, which are only read); raises StateCorruptError naming what is wrong."""
         from ricordo.memory import persist
 
-        return persist.from_files(cls, files, prefix, device=device)
+        return persist.from_files(
+            cls, files, prefix, device=device, storage=storage, directory=directory
+        )
 
     def _restore(
         self, data: dict[str, Tensor], size: int, seen: int, generator_state: Tensor

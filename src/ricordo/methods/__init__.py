@@ -1,6 +1,24 @@
 """CL methods, one file each, found through the ``METHODS`` registry."""
 
-from ricordo.methods import er, finetune, joint  # noqa: F401  (registration side effects)
+from ricordo.methods import (  # noqa: F401  (registration side effects)
+    agem,
+    bic,
+    cls_er,
+    der,
+    er,
+    er_ace,
+    ewc,
+    finetune,
+    gdumb,
+    icarl,
+    joint,
+    lwf,
+    offline_er,
+    pod_er,
+    rd,
+    si,
+    super_er,
+)
 from ricordo.methods.base import (
     METHODS,
     Batch,

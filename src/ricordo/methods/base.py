@@ -41,15 +41,30 @@ class UpdateContext:
     seen_classes: list[int]
     chunk_classes: list[int]
     step: int = 0
+    # --mask-unseen: the classes the engine lets compete while training (chunk + memory); None
+    # means no mask. Set by the engine for the training steps only.
+    train_classes: list[int] | None = None
 
     def logits(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self.mask_unseen(self.model(x))
 
     def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The input of the output layer (penultimate features) and the logits, in one pass."""
         from ricordo.models.head import features_and_logits
 
-        return features_and_logits(self.model, x)
+        features, logits = features_and_logits(self.model, x)
+        return features, self.mask_unseen(logits)
+
+    def mask_unseen(self, logits: Tensor) -> Tensor:
+        """``logits`` with the classes outside ``train_classes`` set to -inf, while the model
+        trains (--mask-unseen); unchanged in eval mode (validation, prediction) or without a
+        mask. Methods that store logits as targets (DER) should store ``self.model(x)``."""
+        allowed = self.train_classes
+        if allowed is None or not self.model.training:
+            return logits
+        keep = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        keep[[c for c in allowed if c < logits.shape[-1]]] = True
+        return logits.masked_fill(~keep, float("-inf"))
 
     def augment(self, x: Tensor) -> Tensor:
         """``x`` with the training augmentation ``config.augment`` applied (identity if none).
@@ -109,6 +124,12 @@ class Method:
 
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         """Training on the chunk has finished."""
+
+    def memory_candidates(self, data: ArrayDataset, ctx: UpdateContext) -> dict[str, Tensor]:
+        """Rows an offline memory policy (``herding``) may select at the end of the update, with
+        the memory's fields; the engine calls ``memory.reselect`` after ``end_update``. Methods
+        that store more than ``x`` and ``y`` (e.g. logits) override this to supply them."""
+        return {"x": data.x, "y": data.y}
 
     def predict(self, x: Tensor, ctx: UpdateContext) -> Tensor:
         """Logits used for prediction and evaluation."""

@@ -35,7 +35,9 @@ class ExperienceReplay(Method):
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
         if config.memory_size < 1:
-            raise ConfigError("method 'er' needs a memory: pass --memory-size N with N >= 1")
+            raise ConfigError(
+                f"method {cls.name!r} needs a memory: pass --memory-size N with N >= 1"
+            )
         return config.memory_size, config.memory_policy
 
     def replay_batch(self, batch: Batch, ctx: UpdateContext) -> Batch | None:

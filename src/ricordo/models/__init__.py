@@ -6,6 +6,7 @@ from ricordo.models.head import (
     grow_output_layer,
     num_outputs,
     output_layer,
+    unwrap,
 )
 from ricordo.models.spec import build_model, make_spec
 
@@ -17,4 +18,5 @@ __all__ = [
     "make_spec",
     "num_outputs",
     "output_layer",
+    "unwrap",
 ]

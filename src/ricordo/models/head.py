@@ -70,7 +70,7 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     Works for any model whose logits come from its last nn.Linear (the same assumption head
     growth makes); feature-space methods (iCaRL's class means, distillation on features) use it.
     """
-    _, head = output_layer(_unwrap(model))
+    _, head = output_layer(unwrap(model))
     captured: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0]))
     try:
@@ -82,6 +82,6 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return captured[-1].flatten(1), logits
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside a Lightning Fabric wrapper (which forwards to ``.module``)."""
     return getattr(model, "_forward_module", None) or getattr(model, "module", None) or model

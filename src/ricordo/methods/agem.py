@@ -1,0 +1,68 @@
+"""A-GEM: project the gradient so that the loss on a memory batch does not increase.
+
+Chaudhry, Ranzato, Rohrbach, Elhoseiny 2019, "Efficient Lifelong Learning with A-GEM" (ICLR).
+Each step trains on the new batch only; between backward and the optimizer step the reference
+gradient ``g_ref`` of the loss on a batch sampled from the memory is computed (a separate forward
+and ``torch.autograd.grad``, leaving ``p.grad`` alone), and if ``g . g_ref < 0`` the gradient is
+replaced by ``g - (g . g_ref / g_ref . g_ref) g_ref``, which has ``g . g_ref = 0``. The memory is
+filled by reservoir sampling (or --memory-policy) from the stream. Works in every scenario.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from ricordo.config import UpdateConfig
+from ricordo.errors import ConfigError
+from ricordo.methods.base import Batch, Method, UpdateContext, register
+
+
+@dataclass(frozen=True)
+class AGEMParams:
+    memory_batch_size: int | None = None  # rows of the reference batch; None = batch size (Mammoth)
+
+    def __post_init__(self) -> None:
+        if self.memory_batch_size is not None and self.memory_batch_size < 1:
+            raise ConfigError(f"memory_batch_size={self.memory_batch_size} must be >= 1")
+
+
+@register
+class AGEM(Method):
+    name = "a-gem"
+    Params = AGEMParams
+    summary = "Project each gradient so the loss on a memory batch cannot increase (A-GEM)."
+
+    @classmethod
+    def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
+        if config.memory_size < 1:
+            raise ConfigError("method 'a-gem' needs a memory: pass --memory-size N with N >= 1")
+        return config.memory_size, config.memory_policy
+
+    def before_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        if len(self.memory) == 0:
+            return
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        rows = self.memory.sample(self.params.memory_batch_size or ctx.config.batch_size)
+        x = ctx.augment(rows["x"].to(ctx.device))
+        loss = F.cross_entropy(ctx.logits(x), rows["y"].to(ctx.device))
+        ref = torch.autograd.grad(loss, params, allow_unused=True)
+        ref = [torch.zeros_like(p) if r is None else r for p, r in zip(params, ref, strict=True)]
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+        dot = sum((g * r).sum() for g, r in zip(grads, ref, strict=True))
+        if dot >= 0:
+            return
+        # A positive loss scale (mixed precision) scales g and the projection alike.
+        scale = dot / sum((r * r).sum() for r in ref)
+        for p, r in zip(params, ref, strict=True):
+            if p.grad is None:
+                p.grad = -scale * r
+            else:
+                p.grad.sub_(scale * r)
+
+    def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        self.memory.add({"x": batch.x, "y": batch.y})

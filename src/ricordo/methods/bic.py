@@ -1,0 +1,201 @@
+"""BiC: experience replay with distillation, then a 2-parameter bias correction of new classes.
+
+Wu et al. 2019, "Large Scale Incremental Learning" (CVPR). Stage 1 trains like ER (each new batch
+plus a replayed batch) with ``(1 - lam) * CE + lam * KD``, ``lam = old / (old + chunk classes)``,
+KD the soft cross-entropy at temperature T between the frozen previous model and the model on the
+old classes' logits. Stage 2 (end of the update) fits ``alpha * z + beta`` on the logits ``z`` of
+the classes new in this chunk by cross-entropy on a class-balanced validation set: a fraction of
+the exemplars per old class, and as many rows per new class held out from the chunk. Both parts are
+held out of stage 1, as in the paper (the chunk rows are offered to the memory afterwards). Every
+correction is kept (``bias``, one (alpha, beta) row per correction, and the classes it applies to)
+and applied, each to its own classes, in training, distillation and prediction, as PyCIL and
+FACIL do; before the first correction the model's logits are returned unchanged.
+
+"Old" classes are those seen before and absent from the chunk, "new" those never seen before.
+In class- and task-incremental scenarios these are the paper's sets; in a domain-incremental
+scenario (every class in every chunk) there is nothing to distil or correct and BiC is ER.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ricordo.config import UpdateConfig
+from ricordo.data.dataset import ArrayDataset
+from ricordo.errors import ConfigError
+from ricordo.memory import TensorMemory
+from ricordo.methods.base import Batch, Method, UpdateContext, register
+from ricordo.models.head import unwrap
+
+
+@dataclass(frozen=True)
+class BiCParams:
+    memory_batch_size: int | None = None  # rows replayed per step; None = batch size (as ER)
+    temperature: float = 2.0  # paper: T = 2
+    bias_val_fraction: float = 0.1  # paper: exemplars split 9:1 into train and validation
+    bias_epochs: int = 200  # SGD epochs of the correction; original code and FACIL: 200
+    bias_decay: float = 0.1  # L2 weight on beta; original code and FACIL: 0.1 * beta**2 / 2
+
+    def __post_init__(self) -> None:
+        if self.memory_batch_size is not None and self.memory_batch_size < 1:
+            raise ConfigError(f"memory_batch_size={self.memory_batch_size} must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature={self.temperature} must be > 0")
+        if not 0 < self.bias_val_fraction < 1:
+            raise ConfigError(f"bias_val_fraction={self.bias_val_fraction} must be in (0, 1)")
+        if self.bias_decay < 0:
+            raise ConfigError(f"bias_decay={self.bias_decay} must be >= 0")
+        if self.bias_epochs < 1:
+            raise ConfigError(f"bias_epochs={self.bias_epochs} must be >= 1")
+
+
+def apply_bias(logits: Tensor, alpha: Tensor, beta: Tensor, classes: list[int]) -> Tensor:
+    """``logits`` with columns ``classes`` replaced by ``alpha * logits + beta``."""
+    mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    mask[classes] = True
+    return torch.where(mask, alpha.to(logits) * logits + beta.to(logits), logits)
+
+
+@register
+class BiC(Method):
+    name = "bic"
+    Params = BiCParams
+    summary = "ER with distillation, then a fitted (alpha, beta) correction of new-class logits."
+
+    def __init__(self, params: BiCParams, memory: TensorMemory | None) -> None:
+        super().__init__(params, memory)
+        self.bias = torch.empty(0, 2)  # one (alpha, beta) row per correction
+        self.groups: list[list[int]] = []  # the classes each correction applies to
+        self.seen: list[int] = []
+        self.old_model: torch.nn.Module | None = None
+        self.old: list[int] = []
+        self.new: list[int] = []
+        self.lam = 0.0
+        self._keep: Tensor | None = None  # chunk rows trained on (the rest is validation)
+        self._val: list[ArrayDataset] = []
+        self._blocked: Tensor | None = None  # memory slots held out of replay (validation)
+
+    @classmethod
+    def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
+        if config.memory_size < 1:
+            raise ConfigError("method 'bic' needs a memory: pass --memory-size N with N >= 1")
+        return config.memory_size, config.memory_policy
+
+    def correct(self, logits: Tensor) -> Tensor:
+        for (alpha, beta), group in zip(self.bias, self.groups, strict=True):
+            logits = apply_bias(logits, alpha, beta, group)
+        return logits
+
+    def begin_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        chunk = data.classes()
+        self.old = sorted(set(self.seen) - set(chunk))
+        self.new = new = sorted(set(chunk) - set(self.seen))
+        self.lam = len(self.old) / (len(self.old) + len(chunk))
+        self._keep, self._val, self._blocked = None, [], None
+        if self.old:
+            self.old_model = copy.deepcopy(unwrap(ctx.model)).eval().requires_grad_(False)
+        if not (self.old and new and len(self.memory)):
+            return
+        stored = self.memory.get()["y"]
+        k = math.ceil(self.params.bias_val_fraction * len(stored) / len(stored.unique()))
+        slots = torch.cat([self._pick(stored, c, k, ctx) for c in self.old])
+        held = torch.cat([self._pick(data.y, c, k, ctx) for c in new])
+        if len(slots) == 0 or len(held) == 0:
+            return  # too few rows to hold out: no correction in this update
+        rows = self.memory.get(slots)
+        self._blocked = slots
+        keep = torch.ones(len(data), dtype=torch.bool)
+        keep[held] = False
+        self._keep = keep.nonzero().flatten()
+        self._val = [ArrayDataset(rows["x"], rows["y"]), data.subset(held)]
+
+    @staticmethod
+    def _pick(y: Tensor, c: int, k: int, ctx: UpdateContext) -> Tensor:
+        """Up to ``k`` random rows of class ``c``, leaving at least one for training."""
+        rows = (y == c).nonzero().flatten()
+        return rows[torch.randperm(len(rows), generator=ctx.generator)[: min(k, len(rows) - 1)]]
+
+    def training_data(self, data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
+        return data if self._keep is None else data.subset(self._keep)
+
+    def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
+        assert self.memory is not None
+        x, y = batch.x, batch.y
+        if len(self.memory):
+            size = self.params.memory_batch_size or ctx.config.batch_size
+            blocked = self._blocked
+            index = self.memory.sample_indices(size + (0 if blocked is None else len(blocked)))
+            if blocked is not None:
+                index = index[~torch.isin(index, blocked)]
+            rows = self.memory.get(index[:size])
+            x = torch.cat([x, ctx.augment(rows["x"].to(ctx.device))])
+            y = torch.cat([y, rows["y"].to(ctx.device)])
+        logits = self.correct(ctx.model(x))
+        ce = F.cross_entropy(ctx.mask_unseen(logits), y)  # KD below sees every old class
+        if self.old_model is None:
+            return ce
+        with torch.no_grad():
+            target = self.correct(self.old_model(x))[:, self.old] / self.params.temperature
+        log_p = F.log_softmax(logits[:, self.old] / self.params.temperature, dim=1)
+        kd = -(F.softmax(target, dim=1) * log_p).sum(1).mean()
+        return (1 - self.lam) * ce + self.lam * kd
+
+    def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        slots = self.memory.add({"x": batch.x, "y": batch.y})
+        if self._blocked is not None:  # a slot overwritten by a new row is free to replay
+            self._blocked = self._blocked[~torch.isin(self._blocked, slots)]
+
+    def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        self.old_model = None
+        if self._val:
+            val = ArrayDataset.concat(self._val)
+            was_training = ctx.model.training
+            ctx.model.eval()
+            with torch.no_grad():
+                logits = self.correct(ctx.logits(val.x.to(ctx.device)).float().cpu())
+            ctx.model.train(was_training)
+            self.bias = torch.cat(
+                [self.bias, self._fit(logits, val.y, self.new, ctx.config.lr)[None]]
+            )
+            self.groups.append(self.new)
+            self.memory.add({"x": self._val[1].x, "y": self._val[1].y})  # never trained on
+        self.seen = sorted(set(self.seen) | set(data.classes()))
+        self._keep, self._val, self._blocked = None, [], None
+
+    def _fit(self, logits: Tensor, y: Tensor, classes: list[int], lr: float) -> Tensor:
+        """(alpha, beta) by full-batch SGD (momentum 0.9) on the frozen validation logits."""
+        ab = torch.tensor([1.0, 0.0], requires_grad=True)
+        optimizer = torch.optim.SGD([ab], lr=lr, momentum=0.9)
+        with torch.enable_grad():
+            for _ in range(self.params.bias_epochs):
+                loss = F.cross_entropy(apply_bias(logits, ab[0], ab[1], classes), y)
+                loss = loss + self.params.bias_decay / 2 * ab[1] ** 2
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        ab = ab.detach()
+        return ab if bool(torch.isfinite(ab).all()) else torch.tensor([1.0, 0.0])
+
+    def predict(self, x: Tensor, ctx: UpdateContext) -> Tensor:
+        return self.correct(ctx.logits(x))
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"bias": self.bias}
+
+    def state_json(self) -> dict[str, Any]:
+        return {"groups": self.groups, "seen": self.seen}
+
+    def load_state(self, tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
+        self.bias = tensors.get("bias", torch.empty(0, 2))
+        self.groups = [[int(c) for c in group] for group in data.get("groups", [])]
+        self.seen = [int(c) for c in data.get("seen", [])]

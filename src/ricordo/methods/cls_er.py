@@ -1,0 +1,108 @@
+"""CLS-ER: experience replay with a fast-learning plastic and a slow-learning stable model.
+
+Arani, Sarfraz and Zonooz 2022, "Learning Fast, Learning Slow: A General Continual Learning Method
+based on Complementary Learning System" (ICLR). After every step two exponential moving averages
+of the working model's weights are updated at random: the plastic one with probability r_p, the
+stable one with r_s < r_p, each with decay ``min(1 - 1/(t+1), alpha)`` (t counts steps over the
+lineage). On the replayed rows an MSE consistency loss pulls the working model's logits toward
+those of whichever EMA model gives the true class the higher probability (the EMA models run in
+eval mode). Prediction uses the stable model, as in the paper. The EMA models are tensor dicts
+saved with the state; when the output layer grows they get the working model's new rows.
+The default decays suit long updates (the paper trains 50 epochs, thousands of steps); with a
+few dozen steps per update the stable model still predicts the old classes: lower the decays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ricordo.errors import ConfigError
+from ricordo.methods.base import Batch, UpdateContext, register
+from ricordo.methods.components import EMAModels, check_unit, check_weight
+from ricordo.methods.er import ExperienceReplay
+
+if TYPE_CHECKING:
+    from ricordo.data.dataset import ArrayDataset
+    from ricordo.memory import TensorMemory
+
+
+@dataclass(frozen=True)
+class CLSERParams:
+    # Defaults: the authors' code (NeurAI-Lab/CLS-ER, argparse defaults) and Renate's CLS-ER.
+    consistency_weight: float = 0.1  # lambda, weight of the consistency MSE (Renate: beta)
+    plastic_rate: float = 0.9  # r_p: probability of updating the plastic model after a step
+    plastic_decay: float = 0.999  # alpha_p: its EMA decay
+    stable_rate: float = 0.7  # r_s
+    stable_decay: float = 0.999  # alpha_s
+    memory_batch_size: int | None = None  # rows replayed per step; None = batch size
+
+    def __post_init__(self) -> None:
+        check_weight("consistency_weight", self.consistency_weight)
+        for name in ("plastic_rate", "plastic_decay", "stable_rate", "stable_decay"):
+            check_unit(name, getattr(self, name))
+        if self.stable_rate > self.plastic_rate:
+            raise ConfigError(
+                f"stable_rate={self.stable_rate} must be <= plastic_rate={self.plastic_rate} "
+                "(the stable model is updated less often)"
+            )
+        if self.stable_decay < self.plastic_decay:
+            raise ConfigError(
+                f"stable_decay={self.stable_decay} must be >= plastic_decay={self.plastic_decay} "
+                "(the stable model averages over a longer window)"
+            )
+        if self.memory_batch_size is not None and self.memory_batch_size < 1:
+            raise ConfigError(f"memory_batch_size={self.memory_batch_size} must be >= 1")
+
+    def ema_schedule(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(rates, decays) of the (plastic, stable) models."""
+        return (self.plastic_rate, self.stable_rate), (self.plastic_decay, self.stable_decay)
+
+
+@register
+class CLSExperienceReplay(ExperienceReplay):
+    name = "cls-er"
+    Params = CLSERParams
+    summary = "ER plus consistency to plastic and stable EMA models; predicts with the stable one."
+
+    def __init__(self, params: Any, memory: TensorMemory | None) -> None:
+        super().__init__(params, memory)
+        self.ema = EMAModels()
+
+    def begin_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        self.ema.begin(ctx.model)
+
+    def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
+        replay = self.replay_batch(batch, ctx)
+        if replay is None:
+            return F.cross_entropy(ctx.logits(batch.x), batch.y)
+        # Raw logits for the consistency regression; --mask-unseen shapes only the cross-entropy.
+        logits = ctx.model(torch.cat([batch.x, replay.x]))
+        loss = F.cross_entropy(ctx.mask_unseen(logits), torch.cat([batch.y, replay.y]))
+        if self.params.consistency_weight == 0:
+            return loss
+        target = self.ema.target(ctx.model, replay.x, replay.y)
+        return loss + self.params.consistency_weight * F.mse_loss(logits[len(batch.y) :], target)
+
+    def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        super().after_step(batch, ctx)
+        self.ema.step(ctx.model, ctx.generator, *self.params.ema_schedule())
+
+    def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        self.ema.to("cpu")  # like the model, which the Updater moves back to the CPU
+
+    def predict(self, x: Tensor, ctx: UpdateContext) -> Tensor:
+        return self.ema.logits(ctx.model, x)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return self.ema.state_tensors()
+
+    def state_json(self) -> dict[str, Any]:
+        return {"ema_steps": self.ema.steps}
+
+    def load_state(self, tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
+        self.ema.load_state(tensors, int(data.get("ema_steps", 0)))

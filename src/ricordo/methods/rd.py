@@ -1,0 +1,115 @@
+"""Repeated Distillation (RD), Renate's DMC-inspired learner (renate.md §2.2, ``RD``).
+
+Zhang et al. 2020, "Class-incremental Learning via Deep Model Consolidation" (DMC), as adapted in
+Renate's ``RepeatedDistillationLearner``. Each update: (1) train an *expert*, a re-initialised
+copy of the model, on the new chunk with cross-entropy; (2) add the chunk to the reservoir
+memory, with the expert's logits as targets of the rows it stored; the other memory rows take
+the logits of the previous (consolidated) model; (3) re-initialise the model and train it on the
+memory only, with DMC's double-distillation loss ``0.5 mean((f(x) - (z - mean_c z))²)``.
+
+Renate refreshes the stored logits with the consolidated model at the end of an update; we
+compute the same targets at the start of the next one instead (identical for the old outputs,
+and it gives the rows of a grown output layer a target), so no logits are stored in the state.
+Differences from Renate: every draw is seeded (Renate's RD used ``seed=None``); one epoch is one
+pass over the memory (Renate: at most ``len(chunk)/batch_size`` steps); the expert trains in
+float32 on the training device outside Fabric, with the update's optimizer settings and epochs.
+Re-initialisation calls ``reset_parameters()`` of every module, so parameters of modules
+without one are not re-initialised.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ricordo.config import UpdateConfig
+from ricordo.data.dataset import ArrayDataset
+from ricordo.errors import ConfigError
+from ricordo.methods.base import Batch, Method, UpdateContext, register
+from ricordo.models.head import unwrap
+
+
+def reinitialize(module: nn.Module, ctx: UpdateContext) -> None:
+    """``reset_parameters()`` on every submodule, drawing from the update's generator."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
+    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for sub in module.modules():
+            if callable(getattr(sub, "reset_parameters", None)):
+                sub.reset_parameters()
+
+
+@torch.no_grad()
+def logits_of(module: nn.Module, x: Tensor, ctx: UpdateContext) -> Tensor:
+    was_training = module.training
+    module.eval()
+    size = ctx.config.batch_size * 4
+    out = [module(x[i : i + size].to(ctx.device)).float() for i in range(0, len(x), size)]
+    module.train(was_training)
+    return torch.cat(out)
+
+
+def double_distillation(logits: Tensor, targets: Tensor) -> Tensor:
+    """DMC's loss: regress the logits on targets centred over the classes."""
+    return 0.5 * (logits - (targets - targets.mean(1, keepdim=True))).pow(2).mean()
+
+
+@register
+class RepeatedDistillation(Method):
+    name = "rd"
+    summary = "Train an expert on the chunk, then distil it and the old model into a fresh model."
+    targets: Tensor | None = None  # (memory rows, classes) distillation targets of this update
+
+    @classmethod
+    def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
+        if config.memory_size < 1:
+            raise ConfigError("method 'rd' needs a memory: pass --memory-size N with N >= 1")
+        return config.memory_size, config.memory_policy
+
+    def train_expert(self, expert: nn.Module, data: ArrayDataset, ctx: UpdateContext) -> None:
+        from ricordo.engine.loop import make_optimizer  # the engine imports methods, not vice versa
+
+        optimizer = make_optimizer(expert, ctx.config)
+        expert.train()
+        size = ctx.config.batch_size
+        for _ in range(ctx.config.epochs):
+            order = torch.randperm(len(data), generator=ctx.generator)
+            for start in range(0, len(data), size):
+                index = order[start : start + size]
+                x = ctx.augment(data.x[index].to(ctx.device))
+                loss = F.cross_entropy(expert(x), data.y[index].to(ctx.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+    def begin_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        assert self.memory is not None
+        model = unwrap(ctx.model)
+        expert = copy.deepcopy(model)
+        reinitialize(expert, ctx)
+        self.train_expert(expert, data, ctx)
+        slots = self.memory.add({"x": data.x, "y": data.y})
+        stored = slots >= 0
+        targets = logits_of(model, self.memory.get()["x"], ctx)  # the previous model's
+        targets[slots[stored].to(ctx.device)] = logits_of(expert, data.x[stored], ctx)
+        self.targets = targets
+        reinitialize(model, ctx)
+
+    def training_data(self, data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
+        # Train on the memory; y carries each row's index into self.targets (the loss needs
+        # the row's target logits, and a Batch has only x and y).
+        assert self.memory is not None
+        x = self.memory.get()["x"]
+        return ArrayDataset(x, torch.arange(len(x)))
+
+    def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
+        assert self.targets is not None
+        # Raw logits: a --mask-unseen -inf has no place in a regression on logits.
+        return double_distillation(ctx.model(batch.x).float(), self.targets[batch.y])
+
+    def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        self.targets = None

@@ -1,0 +1,147 @@
+"""a-gem: learns, survives save/load (also in a new process), fills a reservoir from the stream,
+and projects every gradient onto the half-space where it does not conflict with g_ref."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.errors import ConfigError
+from ricordo.methods import Batch, UpdateContext
+
+FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
+
+
+def test_agem_learns_the_new_chunk(digits_scenario: Scenario) -> None:
+    updater = Updater(method="a-gem", **FAST)
+    updater.update(digits_scenario.train[0])
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9  # chance: 0.5
+    updater.update(digits_scenario.train[1])
+    assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.4  # chance: 0.25
+
+
+def test_agem_reload_predicts_and_continues_identically(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="a-gem", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1"))
+    x = digits_scenario.test_all().x
+    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    reloaded.update(digits_scenario.train[2])
+    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for field, value in updater.memory.get().items():
+        assert torch.equal(value, reloaded.memory.get()[field])
+
+
+_CONTINUE = """
+import sys
+from safetensors.torch import save_file
+from ricordo import Updater
+from ricordo.data import load_builtin, make_scenario
+train, test = load_builtin("digits")
+scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
+x = scenario.test_all().x
+updater = Updater.load(sys.argv[1])
+before = updater.predict_logits(x)
+updater.update(scenario.train[2])
+save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
+"""
+
+
+def test_agem_state_continues_identically_in_a_new_process(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="a-gem", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    out = tmp_path / "logits.safetensors"
+    subprocess.run(
+        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
+    )
+    child = load_file(str(out))
+    x = digits_scenario.test_all().x
+    assert torch.equal(child["before"], updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    assert torch.equal(child["after"], updater.predict_logits(x))
+
+
+def test_agem_memory_is_a_reservoir_of_the_stream(digits_scenario: Scenario) -> None:
+    updater = Updater(method="a-gem", **FAST)
+    for chunk in digits_scenario.train[:2]:
+        updater.update(chunk)
+    stored = updater.memory.get()
+    assert len(updater.memory) == 100
+    assert updater.memory.seen == FAST["epochs"] * sum(len(c) for c in digits_scenario.train[:2])
+    classes = set(stored["y"].tolist())
+    for chunk_classes in digits_scenario.chunk_classes[:2]:
+        assert classes & set(chunk_classes)
+
+
+def test_agem_projected_gradient_does_not_conflict_with_the_reference(
+    digits_scenario: Scenario,
+) -> None:
+    """Around each before_step: recompute g_ref from the very rows the method sampled; after the
+    projection g . g_ref >= 0, with g . g_ref = 0 exactly where the raw gradient conflicted, and
+    the gradient is untouched where it did not."""
+    updater = Updater(method="a-gem", params={"memory_batch_size": 16}, **FAST)
+    method = updater.method
+    memory = method.memory
+    assert memory is not None
+    sampled: list[dict[str, torch.Tensor]] = []
+    sample, before_step = memory.sample, method.before_step
+    projected, kept, empty = [], [], []
+
+    def spy_sample(n: int) -> dict[str, torch.Tensor]:
+        sampled.append(sample(n))
+        return sampled[-1]
+
+    def spy_before_step(batch: Batch, ctx: UpdateContext) -> None:
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        if len(memory) == 0:  # the very first step: nothing to project on
+            empty.append(1)
+            return before_step(batch, ctx)
+        raw = torch.cat([p.grad.flatten() for p in params])
+        before_step(batch, ctx)
+        after = torch.cat([p.grad.flatten() for p in params])
+        rows = sampled[-1]
+        assert len(rows["y"]) == 16
+        loss = F.cross_entropy(ctx.logits(rows["x"]), rows["y"])
+        ref = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)])
+        scale = float(ref.norm() * after.norm())
+        assert float(after @ ref) >= -1e-5 * scale
+        if float(raw @ ref) < 0:
+            expected = raw - (raw @ ref) / (ref @ ref) * ref
+            torch.testing.assert_close(after, expected)
+            assert abs(float(after @ ref)) <= 1e-4 * scale
+            projected.append(1)
+        else:
+            assert torch.equal(after, raw)
+            kept.append(1)
+
+    memory.sample, method.before_step = spy_sample, spy_before_step  # type: ignore[method-assign]
+    for chunk in digits_scenario.train[:2]:  # mostly agreeing, then mostly conflicting
+        updater.update(chunk)
+    steps = sum(record["train"]["steps"] for record in updater.history)
+    assert len(empty) == 1 and len(projected) + len(kept) == steps - 1
+    assert projected and kept  # both branches were exercised
+
+
+def test_agem_needs_a_memory() -> None:
+    with pytest.raises(ConfigError, match="--memory-size"):
+        Updater(method="a-gem", memory_size=0)
+    with pytest.raises(ConfigError, match="memory_batch_size"):
+        Updater(method="a-gem", params={"memory_batch_size": 0})

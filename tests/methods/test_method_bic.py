@@ -1,0 +1,162 @@
+"""bic: learns, survives save/load (also in a new process), corrects only the logits of each
+update's new classes (identity before the first correction) and holds its validation rows out."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.errors import ConfigError
+
+FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
+
+
+def _raw_logits(updater: Updater, x: torch.Tensor) -> torch.Tensor:
+    assert updater.model is not None
+    updater.model.eval()
+    with torch.no_grad():
+        return updater.model(x)
+
+
+def test_bic_learns_the_new_chunk(digits_scenario: Scenario) -> None:
+    updater = Updater(method="bic", **FAST)
+    updater.update(digits_scenario.train[0])
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9  # chance: 0.5
+    updater.update(digits_scenario.train[1])
+    assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.6  # chance: 0.25
+
+
+def test_bic_reload_predicts_and_continues_identically(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="bic", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1"))
+    assert torch.equal(reloaded.method.bias, updater.method.bias)
+    assert reloaded.method.groups == updater.method.groups == [digits_scenario.chunk_classes[1]]
+    x = digits_scenario.test_all().x
+    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    reloaded.update(digits_scenario.train[2])
+    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(reloaded.method.bias, updater.method.bias)
+    for field, value in updater.memory.get().items():
+        assert torch.equal(value, reloaded.memory.get()[field])
+
+
+_CONTINUE = """
+import sys
+from safetensors.torch import save_file
+from ricordo import Updater
+from ricordo.data import load_builtin, make_scenario
+train, test = load_builtin("digits")
+scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
+x = scenario.test_all().x
+updater = Updater.load(sys.argv[1])
+before = updater.predict_logits(x)
+updater.update(scenario.train[2])
+save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
+"""
+
+
+def test_bic_state_continues_identically_in_a_new_process(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="bic", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    out = tmp_path / "logits.safetensors"
+    subprocess.run(
+        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
+    )
+    child = load_file(str(out))
+    x = digits_scenario.test_all().x
+    assert torch.equal(child["before"], updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    assert torch.equal(child["after"], updater.predict_logits(x))
+
+
+def test_bic_corrects_only_the_new_classes_of_each_update(digits_scenario: Scenario) -> None:
+    updater = Updater(method="bic", **FAST)
+    updater.update(digits_scenario.train[0])
+    x = digits_scenario.test_all().x
+    assert updater.method.bias.shape == (0, 2)  # no old classes yet: nothing to correct
+    assert torch.equal(updater.predict_logits(x), _raw_logits(updater, x))  # identity
+    groups = digits_scenario.chunk_classes
+    for k in (1, 2):
+        updater.update(digits_scenario.train[k])
+        bias = updater.method.bias
+        assert bias.shape == (k, 2) and updater.method.groups == groups[1 : k + 1]
+        assert not torch.equal(bias[-1], torch.tensor([1.0, 0.0]))  # a correction was fitted
+        raw, corrected = _raw_logits(updater, x), updater.predict_logits(x)
+        untouched = [c for c in range(raw.shape[1]) if c not in groups[1] + groups[2]]
+        assert torch.equal(corrected[:, untouched], raw[:, untouched])
+        for (alpha, beta), group in zip(bias, updater.method.groups, strict=True):
+            torch.testing.assert_close(corrected[:, group], alpha * raw[:, group] + beta)
+
+
+def test_bic_holds_validation_rows_out_of_training(digits_scenario: Scenario) -> None:
+    """Stage 1 trains on the chunk minus k rows per new class, k = ceil(10% of the exemplars
+    per old class); the held-out rows then enter the memory's stream."""
+    updater = Updater(method="bic", **FAST)
+    updater.update(digits_scenario.train[0])
+    stored = updater.memory.get()["y"]
+    k = math.ceil(0.1 * len(stored) / len(stored.unique()))
+    sizes: list[int] = []
+    training_data = updater.method.training_data
+
+    def spy(data, ctx):  # type: ignore[no-untyped-def]
+        sizes.append(len(training_data(data, ctx)))
+        return training_data(data, ctx)
+
+    replayed: list[int] = []
+    get = updater.memory.get
+
+    def spy_get(index=None):  # type: ignore[no-untyped-def]
+        blocked = updater.method._blocked
+        if index is not None and blocked is not None:  # a replay batch during stage 1
+            assert not torch.isin(index, blocked).any(), "a validation exemplar was replayed"
+            replayed.append(len(index))
+        return get(index)
+
+    updater.method.training_data = spy  # type: ignore[method-assign]
+    updater.memory.get = spy_get  # type: ignore[method-assign]
+    chunk = digits_scenario.train[1]
+    updater.update(chunk)
+    assert len(replayed) == updater.history[-1]["train"]["steps"] and set(replayed) == {32}
+    assert sizes == [len(chunk) - k * len(digits_scenario.chunk_classes[1])]
+    held = len(chunk) - sizes[0]
+    epochs = FAST["epochs"]  # like er, every training step offers its batch to the memory
+    assert updater.memory.seen == epochs * (len(digits_scenario.train[0]) + sizes[0]) + held
+
+
+def test_bic_reduces_to_er_without_old_classes(digits_scenario: Scenario) -> None:
+    """Two lineages on the same chunk: bic (no old classes, no correction yet) trains exactly
+    like er with the same memory."""
+    bic = Updater(method="bic", **FAST)
+    er = Updater(method="er", **FAST)
+    bic.update(digits_scenario.train[0])
+    er.update(digits_scenario.train[0])
+    for a, b in zip(bic.model.parameters(), er.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_bic_rejects_bad_parameters() -> None:
+    with pytest.raises(ConfigError, match="bias_val_fraction"):
+        Updater(method="bic", params={"bias_val_fraction": 1.5})
+    with pytest.raises(ConfigError, match="temperature"):
+        Updater(method="bic", params={"temperature": 0})
+    with pytest.raises(ConfigError, match="--memory-size"):
+        Updater(method="bic", memory_size=0)

@@ -1,0 +1,170 @@
+"""cls-er, plus the checks shared by the ER family (cls-er, pod-er, super-er): each learns, each
+state continues identically after a reload, in process and in a new process."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.errors import ConfigError
+from ricordo.methods.components import copy_weights, grow_weights
+
+ER_FAMILY = ["cls-er", "pod-er", "super-er"]
+FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
+
+
+@pytest.mark.parametrize("method", ER_FAMILY)
+def test_er_family_learns_the_new_chunk(method: str, digits_scenario: Scenario) -> None:
+    updater = Updater(method=method, **FAST)
+    updater.update(digits_scenario.train[0])
+    # Two classes per chunk: chance is 0.5.
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("method", ER_FAMILY)
+def test_er_family_reload_after_update_k_predicts_and_continues_identically(
+    method: str, digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method=method, **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1"))
+    x = digits_scenario.test_all().x
+    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    reloaded.update(digits_scenario.train[2])
+    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
+    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for field, value in updater.memory.get().items():
+        assert torch.equal(value, reloaded.memory.get()[field])
+    ours, theirs = updater.method.state_tensors(), reloaded.method.state_tensors()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+_CONTINUE = """
+import sys
+from safetensors.torch import save_file
+from ricordo import Updater
+from ricordo.data import load_builtin, make_scenario
+train, test = load_builtin("digits")
+scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
+x = scenario.test_all().x
+for state, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    updater = Updater.load(state)
+    before = updater.predict_logits(x)
+    updater.update(scenario.train[2])
+    save_file({"before": before, "after": updater.predict_logits(x)}, out)
+"""
+
+
+def test_er_family_states_continue_identically_in_a_new_process(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    # One child process for the three methods: starting Python and torch is the slow part.
+    updaters, args = {}, []
+    for method in ER_FAMILY:
+        updater = updaters[method] = Updater(method=method, **FAST)
+        updater.update(digits_scenario.train[0])
+        updater.update(digits_scenario.train[1])
+        updater.save(str(tmp_path / method))
+        args += [str(tmp_path / method), str(tmp_path / f"{method}.safetensors")]
+    subprocess.run([sys.executable, "-c", _CONTINUE, *args], check=True, timeout=180)
+    x = digits_scenario.test_all().x
+    for method, updater in updaters.items():
+        child = load_file(str(tmp_path / f"{method}.safetensors"))
+        assert torch.equal(child["before"], updater.predict_logits(x)), method
+        updater.update(digits_scenario.train[2])
+        assert torch.equal(child["after"], updater.predict_logits(x)), method
+
+
+def _distance(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:
+    return float(sum((weights[k] - start[k]).square().sum() for k in start) ** 0.5)
+
+
+def test_stable_model_moves_slower_than_plastic_slower_than_working(
+    digits_scenario: Scenario,
+) -> None:
+    updater = Updater(method="cls-er", **FAST)
+    start = copy_weights(updater.initialize(digits_scenario.train[0]))
+    updater.update(digits_scenario.train[0])  # all three start at the initial weights
+    ema = updater.method.ema.weights
+    stable, plastic = _distance(ema["stable"], start), _distance(ema["plastic"], start)
+    working = _distance(copy_weights(updater.model), start)
+    assert 0 < stable < plastic < working
+
+
+def test_prediction_uses_the_stable_model(digits_scenario: Scenario) -> None:
+    updater = Updater(method="cls-er", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    stable = copy.deepcopy(updater.model)
+    stable.load_state_dict(updater.method.ema.weights["stable"])
+    x = digits_scenario.test_all().x
+    with torch.no_grad():
+        expected, working = stable.eval()(x), updater.model.eval()(x)
+    assert torch.equal(updater.predict_logits(x), expected)
+    assert torch.equal(updater.predict(x), expected.argmax(1))
+    assert not torch.equal(updater.predict(x), working.argmax(1))  # really not the working model
+
+
+def test_ema_models_are_saved_and_reloaded_bit_for_bit(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="cls-er", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1")).method.ema
+    ema = updater.method.ema
+    assert reloaded.steps == ema.steps > 0
+    for name in ("plastic", "stable"):
+        model_shapes = {k: v.shape for k, v in updater.model.state_dict().items()}
+        assert {k: v.shape for k, v in ema.weights[name].items()} == model_shapes  # grown head
+        for key, value in ema.weights[name].items():
+            assert torch.equal(reloaded.weights[name][key], value)
+
+
+def test_ema_copies_grow_with_the_output_layer_from_the_working_rows() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    old = {k: v + 1 for k, v in copy_weights(model).items()}
+    model[2] = nn.Linear(3, 5)
+    grown = grow_weights(old, model)
+    assert grown["2.weight"].shape == (5, 3)
+    assert torch.equal(grown["2.weight"][:2], old["2.weight"])  # the EMA's own rows are kept
+    assert torch.equal(grown["2.weight"][2:], model[2].weight[2:])  # new rows: the model's
+    assert torch.equal(grown["0.bias"], old["0.bias"])
+
+
+def test_stable_model_learns_new_classes_with_short_decays(digits_scenario: Scenario) -> None:
+    # Decay 0.999 needs thousands of steps; 3 epochs of a digits chunk are ~30 steps.
+    params = {"plastic_decay": 0.5, "stable_decay": 0.8}
+    updater = Updater(method="cls-er", params=params, **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.7
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.7
+
+
+def test_cls_er_parameters_are_validated() -> None:
+    with pytest.raises(ConfigError, match="stable_rate=0.95 must be <= plastic_rate=0.9"):
+        Updater(method="cls-er", memory_size=10, params={"stable_rate": 0.95})
+    with pytest.raises(ConfigError, match="stable_decay=0.5 must be >= plastic_decay"):
+        Updater(method="cls-er", memory_size=10, params={"stable_decay": 0.5})
+    with pytest.raises(ConfigError, match=r"plastic_rate=1.5 must be in \[0, 1\]"):
+        Updater(method="cls-er", memory_size=10, params={"plastic_rate": 1.5})
+    with pytest.raises(ConfigError, match="consistency_weight=-1"):
+        Updater(method="cls-er", memory_size=10, params={"consistency_weight": -1})
+    with pytest.raises(ConfigError, match="--memory-size"):
+        Updater(method="cls-er", memory_size=0)

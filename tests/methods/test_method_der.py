@@ -1,0 +1,255 @@
+"""der and der++: they learn, survive save/load (also in a new process), store logits at insertion,
+fill new output columns when the head grows, and reduce to simpler methods at zero weights."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.nn import functional as F
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.errors import ConfigError
+from ricordo.methods import Batch, UpdateContext
+
+FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
+METHODS = ["der", "der++"]
+
+
+def _ctx(updater: Updater, update_index: int) -> UpdateContext:
+    assert updater.model is not None
+    return UpdateContext(
+        model=updater.model,
+        config=updater.config,
+        update_index=update_index,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        seen_classes=updater.seen_classes,
+        chunk_classes=[],
+    )
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_der_learns_the_new_chunk(method: str, digits_scenario: Scenario) -> None:
+    updater = Updater(method=method, **FAST)
+    updater.update(digits_scenario.train[0])
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9  # chance: 0.5
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_der_reload_predicts_and_continues_identically(
+    method: str, digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method=method, **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1"))
+    x = digits_scenario.test_all().x
+    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    reloaded.update(digits_scenario.train[2])
+    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert updater.memory is not None and reloaded.memory is not None
+    assert set(updater.memory.fields) == {"x", "y", "logits", "width"}
+    for field, value in updater.memory.get().items():
+        assert torch.equal(value, reloaded.memory.get()[field])
+
+
+_CONTINUE = """
+import sys
+from safetensors.torch import save_file
+from ricordo import Updater
+from ricordo.data import load_builtin, make_scenario
+train, test = load_builtin("digits")
+scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
+x = scenario.test_all().x
+updater = Updater.load(sys.argv[1])
+before = updater.predict_logits(x)
+updater.update(scenario.train[2])
+save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
+"""
+
+
+def test_derpp_state_continues_identically_in_a_new_process(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="der++", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    out = tmp_path / "logits.safetensors"
+    subprocess.run(
+        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
+    )
+    child = load_file(str(out))
+    x = digits_scenario.test_all().x
+    assert torch.equal(child["before"], updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    assert torch.equal(child["after"], updater.predict_logits(x))
+
+
+def test_der_stores_the_logits_of_the_step_that_inserted_a_row(digits_scenario: Scenario) -> None:
+    """Right after each step, the rows it stored hold the pre-step model's logits of those x,
+    zero-padded to the field width, with ``width`` = the number of outputs at insertion."""
+    updater = Updater(method="der", **FAST)
+    method = updater.method
+    assert method.memory is not None
+    memory = method.memory
+    checked: list[int] = []
+    pre_step: dict[str, torch.nn.Module] = {}
+    slots: list[torch.Tensor] = []
+    loss, after_step, add = method.loss, method.after_step, memory.add
+
+    def spy_loss(batch: Batch, ctx: UpdateContext) -> torch.Tensor:
+        pre_step["model"] = copy.deepcopy(ctx.model)
+        return loss(batch, ctx)
+
+    def spy_add(rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        slots.append(add(rows))
+        return slots[-1]
+
+    def spy_after_step(batch: Batch, ctx: UpdateContext) -> None:
+        after_step(batch, ctx)
+        where = slots[-1]
+        kept = where >= 0
+        with torch.no_grad():
+            expected = pre_step["model"](batch.x[kept])
+        stored = memory.get(where[kept])
+        k = expected.shape[1]
+        torch.testing.assert_close(stored["logits"][:, :k], expected, rtol=1e-5, atol=1e-5)
+        assert not stored["logits"][:, k:].any()
+        assert (stored["width"] == k).all()
+        checked.append(int(kept.sum()))
+
+    method.loss, method.after_step, memory.add = spy_loss, spy_after_step, spy_add  # type: ignore[method-assign]
+    updater.update(digits_scenario.train[0])
+    assert len(checked) == updater.history[-1]["train"]["steps"] and sum(checked) > 100
+    assert memory.field_spec("logits")[0] == (updater.config.max_classes,)
+
+
+def test_der_gives_old_rows_targets_for_columns_added_later(digits_scenario: Scenario) -> None:
+    """When the head grows, stored rows keep their logits and get the new columns' current
+    values as targets (Mammoth's heads exist from the start; ours appear with their classes)."""
+    updater = Updater(method="der", **FAST)
+    updater.update(digits_scenario.train[0])
+    assert updater.memory is not None
+    before = {k: v.clone() for k, v in updater.memory.get().items()}
+    k0 = int(before["width"][0])
+    assert (before["width"] == k0).all() and k0 == max(digits_scenario.chunk_classes[0]) + 1
+    seen: dict[str, object] = {}
+    begin = updater.method.begin_update
+
+    def spy_begin(data, ctx):  # type: ignore[no-untyped-def]
+        begin(data, ctx)
+        with torch.no_grad():
+            seen["logits"] = ctx.model(before["x"])
+        seen["rows"] = {k: v.clone() for k, v in updater.memory.get().items()}
+
+    updater.method.begin_update = spy_begin  # type: ignore[method-assign]
+    updater.update(digits_scenario.train[1])
+    rows, logits = seen["rows"], seen["logits"]
+    k1 = logits.shape[1]
+    assert k1 > k0
+    assert torch.equal(rows["x"], before["x"])
+    assert (rows["width"] == k1).all()
+    assert torch.equal(rows["logits"][:, :k0], before["logits"][:, :k0])
+    torch.testing.assert_close(rows["logits"][:, k0:k1], logits[:, k0:], rtol=1e-5, atol=1e-5)
+    assert not rows["logits"][:, k1:].any()
+
+
+def test_der_term_is_zero_when_the_model_has_not_changed_since_insertion(
+    digits_scenario: Scenario,
+) -> None:
+    updater = Updater(method="der", params={"alpha": 1.0}, **FAST)
+    updater.update(digits_scenario.train[0])
+    memory = updater.memory
+    assert memory is not None and updater.model is not None
+    rows = memory.get()
+    with torch.no_grad():
+        logits = updater.model(rows["x"])
+    everything = torch.arange(len(memory))
+    padded = torch.zeros_like(rows["logits"])
+    padded[:, : logits.shape[1]] = logits
+    batch = Batch(digits_scenario.train[0].x[:32], digits_scenario.train[0].y[:32])
+    ctx = _ctx(updater, 1)
+    memory.update_field("logits", everything, padded)
+    state = memory.generator.get_state()
+    der = updater.method.loss(batch, ctx).detach()
+    ce = F.cross_entropy(updater.model(batch.x), batch.y).detach()
+    torch.testing.assert_close(der, ce, rtol=1e-6, atol=1e-6)
+    # The same rows with perturbed targets do give a positive term.
+    memory.update_field("logits", everything, padded + 1.0)
+    memory.generator.set_state(state)
+    perturbed = updater.method.loss(batch, ctx).detach()
+    assert float(perturbed) == pytest.approx(float(ce) + 1.0, rel=1e-5)
+
+
+def test_der_with_alpha_zero_trains_like_finetune(digits_scenario: Scenario) -> None:
+    models = []
+    for method, params in (("der", {"alpha": 0.0}), ("finetune", {})):
+        updater = Updater(method=method, params=params, **FAST)
+        for chunk in digits_scenario.train[:2]:
+            updater.update(chunk)
+        models.append(updater.model)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_derpp_with_beta_zero_is_der(digits_scenario: Scenario) -> None:
+    updaters = [
+        Updater(method="der++", params={"alpha": 0.3, "beta": 0.0}, **FAST),
+        Updater(method="der", params={"alpha": 0.3}, **FAST),
+    ]
+    for updater in updaters:
+        for chunk in digits_scenario.train[:3]:
+            updater.update(chunk)
+    pp, der = updaters
+    for a, b in zip(pp.model.parameters(), der.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for field, value in pp.memory.get().items():
+        assert torch.equal(value, der.memory.get()[field])
+    # beta > 0 changes training (a second replayed batch with its cross-entropy).
+    other = Updater(method="der++", params={"alpha": 0.3, "beta": 0.5}, **FAST)
+    for chunk in digits_scenario.train[:3]:
+        other.update(chunk)
+    assert not torch.equal(
+        other.predict_logits(digits_scenario.test_all().x),
+        der.predict_logits(digits_scenario.test_all().x),
+    )
+
+
+def test_derpp_beats_finetune_by_a_wide_margin_class_incremental(
+    digits_scenario: Scenario,
+) -> None:
+    final = {}
+    for method in ("finetune", "der++"):
+        updater = Updater(
+            method=method, epochs=5, lr=0.1, memory_size=200, hidden=(64,), progress=False
+        )
+        for chunk in digits_scenario.train:
+            updater.update(chunk)
+        accuracies = [updater.evaluate(test)["accuracy"] for test in digits_scenario.test]
+        final[method] = sum(accuracies) / len(accuracies)
+    assert final["finetune"] < 0.25  # class-IL: finetune knows only the last chunk
+    assert final["der++"] > final["finetune"] + 0.3
+
+
+def test_der_rejects_bad_parameters() -> None:
+    with pytest.raises(ConfigError, match="alpha"):
+        Updater(method="der", params={"alpha": -1})
+    with pytest.raises(ConfigError, match="beta"):
+        Updater(method="der++", params={"beta": float("nan")})
+    with pytest.raises(ConfigError, match="memory_batch_size"):
+        Updater(method="der++", params={"memory_batch_size": 0})
+    with pytest.raises(ConfigError, match="--memory-size"):
+        Updater(method="der++", memory_size=0)
+    with pytest.raises(ConfigError, match="no parameter.*beta"):
+        Updater(method="der", params={"beta": 0.5})

@@ -1,0 +1,133 @@
+"""pod-er: zero at its snapshot, positive after a step, never NaN, and it holds features in place.
+
+Learning and reloading (in process and in a new process) are checked for the whole ER family in
+test_method_cls_er.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.errors import ConfigError
+from ricordo.methods import UpdateContext
+from ricordo.methods.components import captured, pod_layers, pod_loss
+from ricordo.models import MODELS
+
+FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
+
+
+def _context(updater: Updater, index: int) -> UpdateContext:
+    return UpdateContext(
+        model=updater.model,
+        config=updater.config,
+        update_index=index,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        seen_classes=updater.seen_classes,
+        chunk_classes=[],
+    )
+
+
+@pytest.mark.parametrize(("model", "hidden"), [("mlp", (64, 32)), ("cnn", (8, 16))])
+def test_pod_is_zero_at_the_snapshot_and_positive_after_a_step(
+    model: str, hidden: tuple[int, ...], digits_scenario: Scenario
+) -> None:
+    updater = Updater(method="pod-er", **{**FAST, "model": model, "hidden": hidden})
+    updater.update(digits_scenario.train[0])
+    method, net = updater.method, updater.model
+    method.begin_update(digits_scenario.train[1], _context(updater, 1))
+    assert method.pod.snapshot is not None and len(method.pod.layers) == 2
+    x = digits_scenario.train[0].x[:48]  # rows [16:] play the replayed rows
+    net.train()  # as in training: batch-norm layers use batch statistics
+    _, at_snapshot = method.pod.logits_and_loss(net, x, 16, "spatial", True)
+    assert at_snapshot is not None and float(at_snapshot.detach()) == 0.0
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    chunk = digits_scenario.train[0]
+    F.cross_entropy(net(chunk.x[48:80]), chunk.y[48:80]).backward()
+    optimizer.step()
+    _, moved = method.pod.logits_and_loss(net, x, 16, "spatial", True)
+    assert moved is not None and 0 < float(moved.detach()) < 2
+
+
+def test_pod_is_finite_for_dead_features_and_refuses_an_empty_layer_list() -> None:
+    zero = torch.zeros(4, 3, 5, 5, requires_grad=True)
+    for pooling in ("spatial", "width", "height", "channel", "gap", "pixel"):
+        loss = pod_loss(
+            [zero, torch.zeros(4, 7)], [torch.zeros(4, 3, 5, 5), torch.ones(4, 7)], pooling, True
+        )
+        loss.backward()
+        assert math.isfinite(float(loss.detach())) and torch.isfinite(zero.grad).all()
+    # Renate divided by the number of cached features (zero) and logged NaN.
+    with pytest.raises(ConfigError, match="need >= 1"):
+        pod_loss([], [], "spatial", True)
+
+
+def test_a_model_without_intermediate_layers_is_rejected_at_begin_update(
+    digits_scenario: Scenario,
+) -> None:
+    updater = Updater(method="pod-er", **{**FAST, "hidden": ()})
+    with pytest.raises(ConfigError, match="POD needs intermediate layers.*--hidden"):
+        updater.update(digits_scenario.train[0])
+    assert updater.updates == 0  # the failed update left nothing behind
+
+
+def test_pod_hooks_activations_of_sequential_models_and_top_level_blocks_otherwise() -> None:
+    mlp = MODELS.get("mlp")((1, 8, 8), 3, hidden=(16, 8))
+    assert pod_layers(mlp) == [mlp[2], mlp[4]]  # Flatten, Linear, ReLU, Linear, ReLU, Linear
+    cnn = MODELS.get("cnn")((1, 8, 8), 3, hidden=(4, 4))
+    assert [type(m) for m in pod_layers(cnn)] == [nn.ReLU, nn.ReLU]
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+            self.drop = nn.Dropout(0.0)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.drop(self.body(x)))
+
+    net = Net()
+    assert pod_layers(net) == [net.body]
+    with captured(pod_layers(net)) as features:
+        net(torch.ones(3, 4))
+    assert [f.shape for f in features] == [(3, 8)]
+
+
+def test_pod_er_first_update_is_er_and_later_ones_hold_features_in_place(
+    digits_scenario: Scenario,
+) -> None:
+    runs = {}
+    for method, params in (("er", {}), ("pod-er", {"pod_weight": 10.0})):
+        updater = Updater(method=method, params=params, **FAST)
+        updater.update(digits_scenario.train[0])
+        runs[method] = (updater, {k: v.clone() for k, v in updater.model.state_dict().items()})
+    er, pod = runs["er"], runs["pod-er"]
+    # No previous model to distil from: the first update is plain ER, bit for bit.
+    assert all(torch.equal(er[1][k], pod[1][k]) for k in er[1])
+    drift = {}
+    old = digits_scenario.test[0].x
+    for method, (updater, before) in runs.items():
+        updater.update(digits_scenario.train[1])
+        net = updater.model.eval()
+        layers = pod_layers(net)
+        with torch.no_grad(), captured(layers) as new:
+            net(old)
+        with torch.no_grad(), captured(layers) as previous:
+            torch.func.functional_call(net, before, (old,))
+        drift[method] = float(pod_loss(new, previous, "spatial", True))
+    assert drift["pod-er"] < 0.7 * drift["er"]
+
+
+def test_pod_er_parameters_are_validated() -> None:
+    with pytest.raises(ConfigError, match="pod_pooling='max' must be one of"):
+        Updater(method="pod-er", memory_size=10, params={"pod_pooling": "max"})
+    with pytest.raises(ConfigError, match="pod_weight=-0.5"):
+        Updater(method="pod-er", memory_size=10, params={"pod_weight": -0.5})

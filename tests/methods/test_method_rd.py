@@ -1,0 +1,154 @@
+"""rd: it learns, survives save/load (also in a new process), and follows Renate's definition:
+an expert trained on the chunk gives the targets of the rows the chunk added to the memory, the
+previous model those of the other rows, and the model is re-initialised and trained on the memory
+with the double-distillation loss."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ricordo import Updater
+from ricordo.data import Scenario
+from ricordo.data.dataset import ArrayDataset
+from ricordo.errors import ConfigError
+from ricordo.methods import UpdateContext
+from ricordo.methods.rd import double_distillation
+
+# RD re-initialises the model every update and trains it on the memory only: it needs a memory
+# holding the chunk and more epochs than the other methods' tests.
+FAST = dict(epochs=10, lr=0.1, memory_size=300, progress=False, hidden=(64,))
+
+
+def test_rd_learns_the_new_chunk(digits_scenario: Scenario) -> None:
+    updater = Updater(method="rd", **FAST)
+    updater.update(digits_scenario.train[0])
+    assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9  # chance: 0.5
+
+
+def test_rd_reload_predicts_and_continues_identically(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="rd", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    reloaded = Updater.load(str(tmp_path / "v1"))
+    x = digits_scenario.test_all().x
+    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    reloaded.update(digits_scenario.train[2])
+    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert updater.memory is not None and reloaded.memory is not None
+    assert set(updater.memory.fields) == {"x", "y"}  # targets are rebuilt, never stored
+    for field, value in updater.memory.get().items():
+        assert torch.equal(value, reloaded.memory.get()[field])
+
+
+_CONTINUE = """
+import sys
+from safetensors.torch import save_file
+from ricordo import Updater
+from ricordo.data import load_builtin, make_scenario
+train, test = load_builtin("digits")
+scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
+x = scenario.test_all().x
+updater = Updater.load(sys.argv[1])
+before = updater.predict_logits(x)
+updater.update(scenario.train[2])
+save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
+"""
+
+
+def test_rd_state_continues_identically_in_a_new_process(
+    digits_scenario: Scenario, tmp_path: Path
+) -> None:
+    updater = Updater(method="rd", **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    updater.save(str(tmp_path / "v1"))
+    out = tmp_path / "logits.safetensors"
+    subprocess.run(
+        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
+    )
+    child = load_file(str(out))
+    x = digits_scenario.test_all().x
+    assert torch.equal(child["before"], updater.predict_logits(x))
+    updater.update(digits_scenario.train[2])
+    assert torch.equal(child["after"], updater.predict_logits(x))
+
+
+def test_rd_distils_expert_and_previous_model_into_a_fresh_model(
+    digits_scenario: Scenario,
+) -> None:
+    updater = Updater(method="rd", **{**FAST, "memory_size": 400})
+    method = updater.method
+    assert method.memory is not None
+    memory = method.memory
+    updater.update(digits_scenario.train[0])
+    before = {k: v.clone() for k, v in memory.get().items()}  # all of chunk 0 (< 400 rows)
+    seen: dict[str, Any] = {}
+    begin, training_data = method.begin_update, method.training_data
+
+    def spy_begin(data: ArrayDataset, ctx: UpdateContext) -> None:
+        seen["previous"] = copy.deepcopy(ctx.model)  # already grown for the new classes
+        begin(data, ctx)
+        seen["start"] = copy.deepcopy(ctx.model)
+        seen["targets"] = method.targets.clone()
+
+    def spy_training_data(data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
+        seen["data"] = training_data(data, ctx)
+        return seen["data"]
+
+    method.begin_update = spy_begin  # type: ignore[method-assign]
+    method.training_data = spy_training_data  # type: ignore[method-assign]
+    updater.update(digits_scenario.train[1])
+    stored, targets = memory.get(), seen["targets"]
+    # Consolidation trains on the memory, chunk 1 added, one target row per memory row.
+    assert len(memory) == len(seen["data"]) == len(targets) == 400
+    assert torch.equal(seen["data"].x, stored["x"])
+    # Rows kept from chunk 0: the previous model's logits (its grown head included).
+    old = torch.isin(stored["y"], torch.tensor(digits_scenario.chunk_classes[0])).nonzero()[:, 0]
+    assert len(old) > 100
+    assert torch.equal(stored["x"][old], before["x"][old])
+    with torch.no_grad():
+        torch.testing.assert_close(targets[old], seen["previous"](stored["x"][old]))
+    # Rows of the new chunk: the logits of an expert trained on it, which classify it.
+    new = torch.isin(stored["y"], torch.tensor(digits_scenario.chunk_classes[1]))
+    assert int(new.sum()) == 400 - len(old)
+    assert (targets[new].argmax(1) == stored["y"][new]).float().mean() > 0.95
+    with torch.no_grad():  # ... and are not the previous model's
+        assert not torch.allclose(targets[new], seen["previous"](stored["x"][new]))
+    # The model was re-initialised before consolidation.
+    for a, b in zip(seen["start"].parameters(), seen["previous"].parameters(), strict=True):
+        assert not torch.equal(a, b)
+    assert method.targets is None  # dropped after the update
+
+
+def test_double_distillation_centres_the_targets() -> None:
+    targets = torch.tensor([[2.0, 0.0, 1.0], [5.0, 5.0, 2.0]])
+    centred = targets - targets.mean(1, keepdim=True)
+    assert float(double_distillation(centred, targets)) == 0.0
+    assert float(double_distillation(centred, targets + 7.0)) == 0.0  # shift-invariant
+    assert float(double_distillation(targets, targets)) > 0.0
+
+
+def test_rd_needs_a_memory() -> None:
+    with pytest.raises(ConfigError, match="--memory-size"):
+        Updater(method="rd", memory_size=0)
+
+
+def test_rd_works_with_mask_unseen(digits_scenario: Scenario) -> None:
+    """RD regresses raw logits: a -inf from --mask-unseen would make the loss infinite."""
+    updater = Updater(method="rd", mask_unseen=True, **FAST)
+    updater.update(digits_scenario.train[0])
+    updater.update(digits_scenario.train[1])
+    assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.5
