@@ -4,19 +4,22 @@ update's new classes (identity before the first correction) and holds its valida
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    FAST,
+    assert_continues_identically_in_a_new_process,
+    assert_reload_continues_identically,
+    assert_same_weights,
+    save_and_reload,
+    train_two_updates,
+)
 
 from ricordo import Updater
 from ricordo.data import Scenario
 from ricordo.errors import ConfigError
-
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 
 
 def _raw_logits(updater: Updater, x: torch.Tensor) -> torch.Tensor:
@@ -38,54 +41,18 @@ def test_bic_reload_predicts_and_continues_identically(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method="bic", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert torch.equal(reloaded.method.bias, updater.method.bias)
     assert reloaded.method.groups == updater.method.groups == [digits_scenario.chunk_classes[1]]
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert torch.equal(reloaded.method.bias, updater.method.bias)
-    for field, value in updater.memory.get().items():
-        assert torch.equal(value, reloaded.memory.get()[field])
-
-
-_CONTINUE = """
-import sys
-from safetensors.torch import save_file
-from ricordo import Updater
-from ricordo.data import load_builtin, make_scenario
-train, test = load_builtin("digits")
-scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-x = scenario.test_all().x
-updater = Updater.load(sys.argv[1])
-before = updater.predict_logits(x)
-updater.update(scenario.train[2])
-save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
-"""
 
 
 def test_bic_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="bic", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    out = tmp_path / "logits.safetensors"
-    subprocess.run(
-        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
-    )
-    child = load_file(str(out))
-    x = digits_scenario.test_all().x
-    assert torch.equal(child["before"], updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    assert torch.equal(child["after"], updater.predict_logits(x))
+    updater = train_two_updates(Updater(method="bic", **FAST), digits_scenario)
+    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_bic_corrects_only_the_new_classes_of_each_update(digits_scenario: Scenario) -> None:
@@ -149,8 +116,7 @@ def test_bic_reduces_to_er_without_old_classes(digits_scenario: Scenario) -> Non
     er = Updater(method="er", **FAST)
     bic.update(digits_scenario.train[0])
     er.update(digits_scenario.train[0])
-    for a, b in zip(bic.model.parameters(), er.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_weights(bic, er)
 
 
 def test_bic_rejects_bad_parameters() -> None:

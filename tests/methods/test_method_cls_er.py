@@ -4,13 +4,18 @@ state continues identically after a reload, in process and in a new process."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    FAST,
+    assert_continues_identically_in_a_new_process,
+    assert_reload_continues_identically,
+    assert_same_method_tensors,
+    save_and_reload,
+    train_two_updates,
+)
 from torch import nn
 
 from ricordo import Updater
@@ -19,7 +24,6 @@ from ricordo.errors import ConfigError
 from ricordo.methods.components import copy_weights, grow_weights
 
 ER_FAMILY = ["cls-er", "pod-er", "super-er"]
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 
 
 @pytest.mark.parametrize("method", ER_FAMILY)
@@ -35,58 +39,20 @@ def test_er_family_reload_after_update_k_predicts_and_continues_identically(
     method: str, digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method=method, **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    for field, value in updater.memory.get().items():
-        assert torch.equal(value, reloaded.memory.get()[field])
-    ours, theirs = updater.method.state_tensors(), reloaded.method.state_tensors()
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-
-
-_CONTINUE = """
-import sys
-from safetensors.torch import save_file
-from ricordo import Updater
-from ricordo.data import load_builtin, make_scenario
-train, test = load_builtin("digits")
-scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-x = scenario.test_all().x
-for state, out in zip(sys.argv[1::2], sys.argv[2::2]):
-    updater = Updater.load(state)
-    before = updater.predict_logits(x)
-    updater.update(scenario.train[2])
-    save_file({"before": before, "after": updater.predict_logits(x)}, out)
-"""
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
+    assert_reload_continues_identically(updater, reloaded, digits_scenario, final_predictions=True)
+    assert_same_method_tensors(updater, reloaded)
 
 
 def test_er_family_states_continue_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     # One child process for the three methods: starting Python and torch is the slow part.
-    updaters, args = {}, []
-    for method in ER_FAMILY:
-        updater = updaters[method] = Updater(method=method, **FAST)
-        updater.update(digits_scenario.train[0])
-        updater.update(digits_scenario.train[1])
-        updater.save(str(tmp_path / method))
-        args += [str(tmp_path / method), str(tmp_path / f"{method}.safetensors")]
-    subprocess.run([sys.executable, "-c", _CONTINUE, *args], check=True, timeout=180)
-    x = digits_scenario.test_all().x
-    for method, updater in updaters.items():
-        child = load_file(str(tmp_path / f"{method}.safetensors"))
-        assert torch.equal(child["before"], updater.predict_logits(x)), method
-        updater.update(digits_scenario.train[2])
-        assert torch.equal(child["after"], updater.predict_logits(x)), method
+    updaters = {
+        method: train_two_updates(Updater(method=method, **FAST), digits_scenario)
+        for method in ER_FAMILY
+    }
+    assert_continues_identically_in_a_new_process(updaters, digits_scenario, tmp_path, timeout=180)
 
 
 def _distance(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:

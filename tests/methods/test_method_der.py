@@ -4,13 +4,20 @@ fill new output columns when the head grows, and reduce to simpler methods at ze
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    FAST,
+    assert_continues_identically_in_a_new_process,
+    assert_reload_continues_identically,
+    assert_same_memory,
+    assert_same_weights,
+    make_context,
+    save_and_reload,
+    train_two_updates,
+)
 from torch.nn import functional as F
 
 from ricordo import Updater
@@ -18,21 +25,7 @@ from ricordo.data import Scenario
 from ricordo.errors import ConfigError
 from ricordo.methods import Batch, UpdateContext
 
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 METHODS = ["der", "der++"]
-
-
-def _ctx(updater: Updater, update_index: int) -> UpdateContext:
-    assert updater.model is not None
-    return UpdateContext(
-        model=updater.model,
-        config=updater.config,
-        update_index=update_index,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        seen_classes=updater.seen_classes,
-        chunk_classes=[],
-    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -47,53 +40,16 @@ def test_der_reload_predicts_and_continues_identically(
     method: str, digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method=method, **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert updater.memory is not None and reloaded.memory is not None
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
+    assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert set(updater.memory.fields) == {"x", "y", "logits", "width"}
-    for field, value in updater.memory.get().items():
-        assert torch.equal(value, reloaded.memory.get()[field])
-
-
-_CONTINUE = """
-import sys
-from safetensors.torch import save_file
-from ricordo import Updater
-from ricordo.data import load_builtin, make_scenario
-train, test = load_builtin("digits")
-scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-x = scenario.test_all().x
-updater = Updater.load(sys.argv[1])
-before = updater.predict_logits(x)
-updater.update(scenario.train[2])
-save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
-"""
 
 
 def test_derpp_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="der++", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    out = tmp_path / "logits.safetensors"
-    subprocess.run(
-        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
-    )
-    child = load_file(str(out))
-    x = digits_scenario.test_all().x
-    assert torch.equal(child["before"], updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    assert torch.equal(child["after"], updater.predict_logits(x))
+    updater = train_two_updates(Updater(method="der++", **FAST), digits_scenario)
+    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_der_stores_the_logits_of_the_step_that_inserted_a_row(digits_scenario: Scenario) -> None:
@@ -179,7 +135,7 @@ def test_der_term_is_zero_when_the_model_has_not_changed_since_insertion(
     padded = torch.zeros_like(rows["logits"])
     padded[:, : logits.shape[1]] = logits
     batch = Batch(digits_scenario.train[0].x[:32], digits_scenario.train[0].y[:32])
-    ctx = _ctx(updater, 1)
+    ctx = make_context(updater, 1)
     memory.update_field("logits", everything, padded)
     state = memory.generator.get_state()
     der = updater.method.loss(batch, ctx).detach()
@@ -212,10 +168,8 @@ def test_derpp_with_beta_zero_is_der(digits_scenario: Scenario) -> None:
         for chunk in digits_scenario.train[:3]:
             updater.update(chunk)
     pp, der = updaters
-    for a, b in zip(pp.model.parameters(), der.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    for field, value in pp.memory.get().items():
-        assert torch.equal(value, der.memory.get()[field])
+    assert_same_weights(pp, der)
+    assert_same_memory(pp, der)
     # beta > 0 changes training (a second replayed batch with its cross-entropy).
     other = Updater(method="der++", params={"alpha": 0.3, "beta": 0.5}, **FAST)
     for chunk in digits_scenario.train[:3]:

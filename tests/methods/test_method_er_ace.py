@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FAST, assert_reload_continues_identically, make_context, save_and_reload
 
 from ricordo import Updater
 from ricordo.data import Scenario
 from ricordo.errors import ConfigError
-from ricordo.methods import Batch, UpdateContext
+from ricordo.methods import Batch
 from ricordo.models import grow_output_layer
-
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 
 
 def test_er_ace_learns_the_new_chunk(digits_scenario: Scenario) -> None:
@@ -29,19 +28,8 @@ def test_er_ace_reload_predicts_and_continues_identically(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method="er-ace", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert updater.memory is not None and reloaded.memory is not None
-    for field, value in updater.memory.get().items():
-        assert torch.equal(value, reloaded.memory.get()[field])
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
+    assert_reload_continues_identically(updater, reloaded, digits_scenario)
 
 
 def test_er_ace_state_continues_identically_in_a_new_process(
@@ -88,12 +76,9 @@ def _loss_gradient(updater: Updater, batch: Batch, update_index: int) -> torch.T
         captured.append(output)
 
     handle = model.register_forward_hook(keep)
-    ctx = UpdateContext(
-        model=model,
-        config=updater.config,
-        update_index=update_index,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
+    ctx = make_context(
+        updater,
+        update_index,
         seen_classes=list(range(10)),
         chunk_classes=batch.y.unique().tolist(),
     )

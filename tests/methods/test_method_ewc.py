@@ -5,37 +5,28 @@ the empirical one; both help on permuted digits where fine-tuning forgets."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    FAST,
+    assert_continues_identically_in_a_new_process,
+    assert_reload_continues_identically,
+    make_context,
+    save_and_reload,
+    train_two_updates,
+)
 from torch import nn
 
 from ricordo import Updater
 from ricordo.data import Scenario, load_builtin, make_scenario
 from ricordo.errors import ConfigError
-from ricordo.methods import UpdateContext, ewc
+from ricordo.methods import ewc
 from ricordo.methods.fisher import diagonal_fisher, grow_to
 from ricordo.models import grow_output_layer
 
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 METHODS = ["ewc", "online-ewc"]
-
-
-def _ctx(updater: Updater) -> UpdateContext:
-    assert updater.model is not None
-    return UpdateContext(
-        model=updater.model,
-        config=updater.config,
-        update_index=updater.updates,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        seen_classes=updater.seen_classes,
-        chunk_classes=[],
-    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -50,52 +41,18 @@ def test_ewc_reload_predicts_and_continues_identically(
     method: str, digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method=method, **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     saved, loaded = updater.method.state_tensors(), reloaded.method.state_tensors()
     assert saved.keys() == loaded.keys() and len(saved) == 8  # Fisher + anchor of 4 params
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
-_CONTINUE = """
-import sys
-from safetensors.torch import save_file
-from ricordo import Updater
-from ricordo.data import load_builtin, make_scenario
-train, test = load_builtin("digits")
-scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-x = scenario.test_all().x
-updater = Updater.load(sys.argv[1])
-before = updater.predict_logits(x)
-updater.update(scenario.train[2])
-save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
-"""
+    assert_reload_continues_identically(updater, reloaded, digits_scenario, memory=None)
 
 
 def test_ewc_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="ewc", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    out = tmp_path / "logits.safetensors"
-    subprocess.run(
-        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
-    )
-    child = load_file(str(out))
-    x = digits_scenario.test_all().x
-    assert torch.equal(child["before"], updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    assert torch.equal(child["after"], updater.predict_logits(x))
+    updater = train_two_updates(Updater(method="ewc", **FAST), digits_scenario)
+    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_ignores_new_classes(
@@ -103,7 +60,7 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_ignores_new_classes(
 ) -> None:
     updater = Updater(method="ewc", **FAST)
     updater.update(digits_scenario.train[0])
-    model, method, ctx = updater.model, updater.method, _ctx(updater)
+    model, method, ctx = updater.model, updater.method, make_context(updater, updater.updates)
     assert model is not None
     with torch.no_grad():
         assert float(method.penalty(ctx)) == 0.0
@@ -146,7 +103,7 @@ def test_ewc_equals_the_sum_of_per_update_penalties(
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
-    ours = updater.method.penalty(_ctx(updater))
+    ours = updater.method.penalty(make_context(updater, updater.updates))
     original = sum(
         10.0 * (grow_to(f[n], p.shape) * (p - grow_to(a[n], p.shape)).pow(2)).sum()
         for f, a in zip(recorder.fishers, recorder.anchors, strict=True)

@@ -4,21 +4,24 @@ rows' loss by N_t / (N_t + N_previous)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    FAST,
+    assert_continues_identically_in_a_new_process,
+    assert_reload_continues_identically,
+    make_context,
+    save_and_reload,
+    train_two_updates,
+)
 from torch.nn import functional as F
 
 from ricordo import Updater
 from ricordo.data import Scenario
 from ricordo.errors import ConfigError
 from ricordo.methods import Batch, UpdateContext
-
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 
 
 def test_offline_er_learns_the_new_chunk(digits_scenario: Scenario) -> None:
@@ -31,57 +34,20 @@ def test_offline_er_reload_predicts_and_continues_identically(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method="offline-er", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert (
         reloaded.method.state_json()
         == updater.method.state_json()
         == {"rows_seen": len(digits_scenario.train[0]) + len(digits_scenario.train[1])}
     )
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    assert updater.memory is not None and reloaded.memory is not None
-    for field, value in updater.memory.get().items():
-        assert torch.equal(value, reloaded.memory.get()[field])
-
-
-_CONTINUE = """
-import sys
-from safetensors.torch import save_file
-from ricordo import Updater
-from ricordo.data import load_builtin, make_scenario
-train, test = load_builtin("digits")
-scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-x = scenario.test_all().x
-updater = Updater.load(sys.argv[1])
-before = updater.predict_logits(x)
-updater.update(scenario.train[2])
-save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
-"""
+    assert_reload_continues_identically(updater, reloaded, digits_scenario)
 
 
 def test_offline_er_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="offline-er", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    out = tmp_path / "logits.safetensors"
-    subprocess.run(
-        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
-    )
-    child = load_file(str(out))
-    x = digits_scenario.test_all().x
-    assert torch.equal(child["before"], updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    assert torch.equal(child["after"], updater.predict_logits(x))
+    updater = train_two_updates(Updater(method="offline-er", **FAST), digits_scenario)
+    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def _rows_of(rows: torch.Tensor, chunk_x: torch.Tensor) -> torch.Tensor:
@@ -138,15 +104,7 @@ def test_offline_er_weights_new_rows_by_their_share_of_all_rows(
     from ricordo.models import grow_output_layer
 
     grow_output_layer(model, 10, torch.Generator().manual_seed(1))
-    ctx = UpdateContext(
-        model=model,
-        config=updater.config,
-        update_index=1,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        seen_classes=list(range(10)),
-        chunk_classes=chunk1.classes(),
-    )
+    ctx = make_context(updater, 1, seen_classes=list(range(10)), chunk_classes=chunk1.classes())
     batch = Batch(chunk1.x[:32], chunk1.y[:32])
     state = memory.generator.get_state()
     loss = updater.method.loss(batch, ctx).detach()

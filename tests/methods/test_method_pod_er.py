@@ -10,29 +10,15 @@ import math
 
 import pytest
 import torch
+from helpers import FAST, make_context
 from torch import nn
 from torch.nn import functional as F
 
 from ricordo import Updater
 from ricordo.data import Scenario
 from ricordo.errors import ConfigError
-from ricordo.methods import UpdateContext
 from ricordo.methods.components import captured, pod_layers, pod_loss
 from ricordo.models import MODELS
-
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
-
-
-def _context(updater: Updater, index: int) -> UpdateContext:
-    return UpdateContext(
-        model=updater.model,
-        config=updater.config,
-        update_index=index,
-        device=torch.device("cpu"),
-        generator=torch.Generator().manual_seed(0),
-        seen_classes=updater.seen_classes,
-        chunk_classes=[],
-    )
 
 
 @pytest.mark.parametrize(("model", "hidden"), [("mlp", (64, 32)), ("cnn", (8, 16))])
@@ -42,7 +28,7 @@ def test_pod_is_zero_at_the_snapshot_and_positive_after_a_step(
     updater = Updater(method="pod-er", **{**FAST, "model": model, "hidden": hidden})
     updater.update(digits_scenario.train[0])
     method, net = updater.method, updater.model
-    method.begin_update(digits_scenario.train[1], _context(updater, 1))
+    method.begin_update(digits_scenario.train[1], make_context(updater, 1))
     assert method.pod.snapshot is not None and len(method.pod.layers) == 2
     x = digits_scenario.train[0].x[:48]  # rows [16:] play the replayed rows
     net.train()  # as in training: batch-norm layers use batch statistics

@@ -4,19 +4,21 @@ new classes), and it helps on permuted digits where fine-tuning forgets."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers import (
+    FAST,
+    assert_continues_identically_in_a_new_process,
+    assert_reload_continues_identically,
+    save_and_reload,
+    train_two_updates,
+)
 
 from ricordo import Updater
 from ricordo.data import Scenario, load_builtin, make_scenario
 from ricordo.errors import ConfigError
-
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 
 
 def test_si_learns_the_new_chunk(digits_scenario: Scenario) -> None:
@@ -29,52 +31,18 @@ def test_si_reload_predicts_and_continues_identically(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method="si", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     saved, loaded = updater.method.state_tensors(), reloaded.method.state_tensors()
     assert saved.keys() == loaded.keys() and len(saved) == 8  # importance + anchor of 4 params
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
-    x = digits_scenario.test_all().x
-    assert torch.equal(reloaded.predict_logits(x), updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
-_CONTINUE = """
-import sys
-from safetensors.torch import save_file
-from ricordo import Updater
-from ricordo.data import load_builtin, make_scenario
-train, test = load_builtin("digits")
-scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-x = scenario.test_all().x
-updater = Updater.load(sys.argv[1])
-before = updater.predict_logits(x)
-updater.update(scenario.train[2])
-save_file({"before": before, "after": updater.predict_logits(x)}, sys.argv[2])
-"""
+    assert_reload_continues_identically(updater, reloaded, digits_scenario, memory=None)
 
 
 def test_si_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="si", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    out = tmp_path / "logits.safetensors"
-    subprocess.run(
-        [sys.executable, "-c", _CONTINUE, str(tmp_path / "v1"), str(out)], check=True, timeout=120
-    )
-    child = load_file(str(out))
-    x = digits_scenario.test_all().x
-    assert torch.equal(child["before"], updater.predict_logits(x))
-    updater.update(digits_scenario.train[2])
-    assert torch.equal(child["after"], updater.predict_logits(x))
+    updater = train_two_updates(Updater(method="si", **FAST), digits_scenario)
+    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_si_importance_is_the_path_integral(digits_scenario: Scenario) -> None:

@@ -12,13 +12,12 @@ import math
 
 import pytest
 import torch
+from helpers import FAST, assert_same_weights, make_context
 
 from ricordo import Updater
 from ricordo.data import Scenario
 from ricordo.errors import ConfigError
-from ricordo.methods import UpdateContext
 
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 OFF = {"logit_weight": 0, "consistency_weight": 0, "pod_weight": 0, "shrink": 1, "perturb": 0}
 
 
@@ -32,8 +31,7 @@ def _train(method: str, params: dict, scenario: Scenario, updates: int) -> Updat
 def test_super_er_with_every_extra_part_off_is_er_bit_for_bit(digits_scenario: Scenario) -> None:
     er = _train("er", {}, digits_scenario, 3)
     sup = _train("super-er", OFF, digits_scenario, 3)
-    for a, b in zip(er.model.parameters(), sup.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_same_weights(er, sup)
     x = digits_scenario.test_all().x
     assert torch.equal(er.predict_logits(x), sup.predict_logits(x))
     assert torch.equal(er.memory.get()["x"], sup.memory.get()["x"])
@@ -79,15 +77,7 @@ def test_shrink_and_perturb_applies_before_every_update_but_the_first(
     updater = _train("super-er", {**OFF, "shrink": 0.5}, digits_scenario, 1)
     before = [p.detach().clone() for p in updater.model.parameters()]
     for index, factor in ((0, 1.0), (1, 0.5)):
-        ctx = UpdateContext(
-            model=updater.model,
-            config=updater.config,
-            update_index=index,
-            device=torch.device("cpu"),
-            generator=torch.Generator().manual_seed(0),
-            seen_classes=updater.seen_classes,
-            chunk_classes=[],
-        )
+        ctx = make_context(updater, index)
         updater.method.begin_update(digits_scenario.train[1], ctx)
         for old, new in zip(before, updater.model.parameters(), strict=True):
             assert torch.equal(new, old * factor)

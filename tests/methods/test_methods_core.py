@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import FAST, assert_reload_continues_identically, save_and_reload
 
 from ricordo import Updater
 from ricordo.data import Scenario
@@ -13,7 +13,6 @@ from ricordo.errors import ConfigError
 from ricordo.methods import METHODS
 
 CORE = ["finetune", "er", "joint"]
-FAST = dict(epochs=3, lr=0.1, memory_size=100, progress=False, hidden=(64,))
 
 
 def test_registry_lists_the_core_methods() -> None:
@@ -33,20 +32,8 @@ def test_reload_after_update_k_predicts_and_continues_identically(
     method: str, digits_scenario: Scenario, tmp_path: Path
 ) -> None:
     updater = Updater(method=method, **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    reloaded = Updater.load(str(tmp_path / "v1"))
-    test_all = digits_scenario.test_all()
-    assert torch.equal(reloaded.predict_logits(test_all.x), updater.predict_logits(test_all.x))
-    updater.update(digits_scenario.train[2])
-    reloaded.update(digits_scenario.train[2])
-    for a, b in zip(updater.model.parameters(), reloaded.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    if updater.memory is not None:
-        assert reloaded.memory is not None
-        for field, value in updater.memory.get().items():
-            assert torch.equal(value, reloaded.memory.get()[field])
+    reloaded = save_and_reload(updater, digits_scenario, tmp_path)
+    assert_reload_continues_identically(updater, reloaded, digits_scenario, memory="if_present")
 
 
 def test_finetune_forgets_and_er_remembers(digits_scenario: Scenario) -> None:
