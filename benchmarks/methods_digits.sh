@@ -2,12 +2,12 @@
 # Reproduction table of the method zoo (issue 4): every method on digits, class-incremental and
 # permutation, 5 updates, 3 seeds, memory 100 and 500 (memory-free methods run once).
 # Outputs: benchmarks/output/methods/<scenario>-m<memory>/ (summary.md, report/).
-#   bash benchmarks/methods_digits.sh          # EPOCHS=5 by default; about 15 minutes on 2 cores
+#   bash benchmarks/methods_digits.sh          # EPOCHS=20 by default: about 14 minutes on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RICORDO=${RICORDO:-.venv/bin/ricordo}
-OUT=${OUT:-benchmarks/output/methods}
-EPOCHS=${EPOCHS:-5}
+OUT=${OUT:-benchmarks/output/methods20}
+EPOCHS=${EPOCHS:-20}
 WORKERS=${WORKERS:-2}
 REPLAY=er,der,der++,er-ace,offline-er,gdumb,icarl,bic,a-gem,cls-er,pod-er,super-er,rd
 FREE=finetune,joint,lwf,ewc,online-ewc,si
