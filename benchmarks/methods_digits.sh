@@ -20,3 +20,5 @@ for scenario in class-incremental permutation; do
       --output "$OUT/$scenario-m$memory"
   done
 done
+# The known class-incremental orderings (joint > der++ >= er > finetune):
+.venv/bin/python benchmarks/check_orderings.py "$OUT/class-incremental-m100" "$OUT/class-incremental-m500"
