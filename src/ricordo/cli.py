@@ -119,6 +119,16 @@ def _literal(text: str) -> Any:
         return text
 
 
+def _config_options(given: dict[str, Any]) -> dict[str, Any]:
+    """The UpdateConfig fields among a command's parameters (CLI names equal field names)."""
+    from ricordo.config import field_names
+
+    values = {k: given[k] for k in field_names() if k in given}
+    values["model_options"] = _pairs(given.get("model_option"), "--model-option")
+    values["params"] = _pairs(given.get("param"), "--param")
+    return _options(**values)
+
+
 def _options(**given: Any) -> dict[str, Any]:
     """The UpdateConfig fields the user actually passed."""
     options = {k: v for k, v in given.items() if v is not None}
@@ -247,37 +257,7 @@ def update(
     from ricordo.state import state_exists
     from ricordo.updater import Updater
 
-    options = _options(
-        model=model,
-        hidden=hidden,
-        config=config,
-        model_options=_pairs(model_option, "--model-option"),
-        method=method,
-        params=_pairs(param, "--param"),
-        memory_size=memory_size,
-        memory_policy=memory_policy,
-        memory_storage=memory_storage,
-        memory_dir=memory_dir,
-        mask_unseen=mask_unseen,
-        max_classes=max_classes,
-        optimizer=optimizer,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        epochs=epochs,
-        val_fraction=val_fraction,
-        patience=patience,
-        seed=seed,
-        backend=backend,
-        accelerator=accelerator,
-        devices=devices,
-        precision=precision,
-        strategy=strategy,
-        threads=threads,
-        augment=augment,
-        progress=progress,
-    )
+    options = _config_options(locals())
     # Fail before training, not after it, when the result could not be written.
     if not overwrite and state_exists(next_state):
         raise StateExistsError(
@@ -528,37 +508,9 @@ def benchmark(
         "ray_address": ray_address,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    overrides.update(
-        _options(
-            model=model,
-            hidden=hidden,
-            config=config,
-            model_options=_pairs(model_option, "--model-option"),
-            params=_pairs(param, "--param"),
-            memory_size=memory_size,
-            memory_policy=memory_policy,
-            memory_storage=memory_storage,
-            memory_dir=memory_dir,
-            mask_unseen=mask_unseen,
-            max_classes=max_classes,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            epochs=epochs,
-            val_fraction=val_fraction,
-            patience=patience,
-            backend=backend,
-            accelerator=accelerator,
-            devices=devices,
-            precision=precision,
-            strategy=strategy,
-            threads=threads,
-            augment=augment,
-            progress=progress,
-        )
-    )
+    # --method/--seed here select runs, not UpdateConfig fields.
+    given = {k: v for k, v in locals().items() if k not in ("method", "seed", "overrides")}
+    overrides.update(_config_options(given))
     base = read_experiment_file(config_file) if config_file is not None else {}
     source = str(config_file) if config_file is not None else "the options"
     experiment = Experiment.from_dict(merge(base, overrides), source=source)
