@@ -42,3 +42,8 @@ def test_lazy_public_api() -> None:
         assert "NotAThing" in str(error)
     else:  # pragma: no cover
         raise AssertionError("unknown attributes must raise AttributeError")
+
+
+def test_report_module_does_not_load_torch() -> None:
+    """`ricordo report` only reads JSON and draws plots."""
+    assert run_python("import sys, ricordo.bench.report; print('torch' in sys.modules)") == "False"

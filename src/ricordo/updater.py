@@ -219,7 +219,7 @@ class Updater:
         return self.model
 
     def _inference_inputs(self, x: Any) -> Tensor:
-        model = self._require_model()
+        self._require_model()
         assert self.model_spec is not None
         tensor = load_features(x, name="inputs")
         expected = tuple(self.model_spec["input_shape"])
@@ -230,7 +230,6 @@ class Updater:
             )
         if not torch.isfinite(tensor).all():
             raise DataError("inputs contain NaN or infinite values; clean them before predicting")
-        del model
         return tensor
 
     @torch.no_grad()

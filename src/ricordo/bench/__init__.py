@@ -1,22 +1,28 @@
-"""Benchmarks: run scenarios end to end, sweep methods x seeds, and store their results."""
+"""Benchmarks: run scenarios end to end, sweep methods x seeds, and store their results.
 
-from ricordo.bench.chunks import load_chunks
-from ricordo.bench.experiment import (
-    Experiment,
-    ScenarioSpec,
-    load_experiment,
-    save_experiment,
-)
-from ricordo.bench.runner import run_benchmark
-from ricordo.bench.sweep import run_experiment, run_sweep
+Exports load lazily, so ``ricordo report`` (which needs none of them) does not import torch.
+"""
 
-__all__ = [
-    "Experiment",
-    "ScenarioSpec",
-    "load_chunks",
-    "load_experiment",
-    "run_benchmark",
-    "run_experiment",
-    "run_sweep",
-    "save_experiment",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "load_chunks": "ricordo.bench.chunks",
+    "Experiment": "ricordo.bench.experiment",
+    "ScenarioSpec": "ricordo.bench.experiment",
+    "load_experiment": "ricordo.bench.experiment",
+    "save_experiment": "ricordo.bench.experiment",
+    "run_benchmark": "ricordo.bench.runner",
+    "run_experiment": "ricordo.bench.sweep",
+    "run_sweep": "ricordo.bench.sweep",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ricordo.bench' has no attribute {name!r}")
