@@ -1,8 +1,10 @@
 """gdumb: learns, survives save/load (also in a new process), keeps a class-balanced memory,
-trains on memory rows only, and (reset=true) retrains from scratch at every update."""
+trains on memory rows only, (reset=true) retrains from scratch at every update, and warns when a
+domain-incremental stream leaves the full memory nothing to store."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,18 @@ from helpers import (
 )
 
 from ricordo import Updater
-from ricordo.data import ArrayDataset, Scenario
+from ricordo.data import ArrayDataset, Scenario, load_builtin, make_scenario
 from ricordo.errors import ConfigError
 
 
+# The paper's 256 epochs over the memory in the tests that only check state and bookkeeping
+# would be slow; the recipe itself is tested in test_memory_fit.py and learns below.
+QUICK = {"fitting_epochs": 8}
+
+
 def test_gdumb_learns_the_new_chunk(digits_scenario: Scenario) -> None:
-    # From scratch on 100 rows (4 steps an epoch): more epochs than the other methods need.
-    updater = Updater(method="gdumb", **{**FAST, "epochs": 10})
+    # The default recipe: 256 epochs over the memory of 100 rows, from scratch each update.
+    updater = Updater(method="gdumb", **FAST)
     updater.update(digits_scenario.train[0])
     assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9  # chance: 0.5
     updater.update(digits_scenario.train[1])
@@ -34,7 +41,7 @@ def test_gdumb_learns_the_new_chunk(digits_scenario: Scenario) -> None:
 def test_gdumb_reload_predicts_and_continues_identically(
     reset: bool, digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="gdumb", params={"reset": reset}, **FAST)
+    updater = Updater(method="gdumb", params={"reset": reset, **QUICK}, **FAST)
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
 
@@ -42,12 +49,12 @@ def test_gdumb_reload_predicts_and_continues_identically(
 def test_gdumb_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = train_two_updates(Updater(method="gdumb", **FAST), digits_scenario)
+    updater = train_two_updates(Updater(method="gdumb", params=QUICK, **FAST), digits_scenario)
     assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_gdumb_memory_is_class_balanced(digits_scenario: Scenario) -> None:
-    updater = Updater(method="gdumb", **FAST)
+    updater = Updater(method="gdumb", params=QUICK, **FAST)
     for k, chunk in enumerate(digits_scenario.train):
         updater.update(chunk)
         counts = torch.bincount(updater.memory.get()["y"])
@@ -58,7 +65,7 @@ def test_gdumb_memory_is_class_balanced(digits_scenario: Scenario) -> None:
 
 
 def test_gdumb_trains_on_memory_rows_only(digits_scenario: Scenario) -> None:
-    updater = Updater(method="gdumb", **FAST)
+    updater = Updater(method="gdumb", params={"fitting_epochs": None}, **FAST)  # --epochs
     updater.update(digits_scenario.train[0])
     inputs: list[torch.Tensor] = []
     assert updater.model is not None
@@ -78,7 +85,8 @@ def test_gdumb_reset_retrains_from_scratch(digits_scenario: Scenario) -> None:
     models = {}
     for reset in (True, False):
         for epochs in (1, 3):
-            updater = Updater(method="gdumb", params={"reset": reset}, **{**FAST, "epochs": 1})
+            params = {"reset": reset, "fitting_epochs": None}  # epochs=... sets the fit
+            updater = Updater(method="gdumb", params=params, **{**FAST, "epochs": 1})
             updater.update(digits_scenario.train[0], epochs=epochs)
             updater.update(digits_scenario.train[1], epochs=2)
             models[reset, epochs] = updater.model
@@ -93,3 +101,21 @@ def test_gdumb_reset_retrains_from_scratch(digits_scenario: Scenario) -> None:
 def test_gdumb_needs_a_memory() -> None:
     with pytest.raises(ConfigError, match="--memory-size"):
         Updater(method="gdumb", memory_size=0)
+
+
+def test_gdumb_warns_when_a_domain_incremental_chunk_is_not_stored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every class in every chunk: the full balanced memory has no class to make room for."""
+    train, test = load_builtin("digits")
+    scenario = make_scenario("permutation", train, test, updates=2, seed=0)
+    updater = Updater(method="gdumb", params=QUICK, **FAST)
+    with caplog.at_level(logging.WARNING, logger="ricordo.methods.gdumb"):
+        updater.update(scenario.train[0])
+        assert not caplog.records  # the first chunk fills the memory
+        before = updater.memory.get()["x"].clone()
+        updater.update(scenario.train[1])
+    assert torch.equal(updater.memory.get()["x"], before)
+    (record,) = caplog.records
+    assert "update 1 brings no new class" in record.getMessage()
+    assert "use er or offline-er" in record.getMessage()

@@ -26,12 +26,14 @@ from ricordo.methods import UpdateContext
 from ricordo.methods.rd import double_distillation
 
 # RD re-initialises the model every update and trains it on the memory only: it needs a memory
-# holding the chunk and more epochs than the other methods' tests.
+# holding the chunk and more epochs than the other methods' tests. The state and bookkeeping
+# tests fit the memory for 10 epochs instead of the default recipe's 256 (test_memory_fit.py).
 FAST = dict(epochs=10, lr=0.1, memory_size=300, progress=False, hidden=(64,))
+QUICK = {**FAST, "params": {"fitting_epochs": 10}}
 
 
 def test_rd_learns_the_new_chunk(digits_scenario: Scenario) -> None:
-    updater = Updater(method="rd", **FAST)
+    updater = Updater(method="rd", **FAST)  # the default fit: 256 epochs over the memory
     updater.update(digits_scenario.train[0])
     assert updater.evaluate(digits_scenario.test[0])["accuracy"] > 0.9  # chance: 0.5
 
@@ -39,7 +41,7 @@ def test_rd_learns_the_new_chunk(digits_scenario: Scenario) -> None:
 def test_rd_reload_predicts_and_continues_identically(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = Updater(method="rd", **FAST)
+    updater = Updater(method="rd", **QUICK)
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert set(updater.memory.fields) == {"x", "y"}  # targets are rebuilt, never stored
@@ -48,14 +50,14 @@ def test_rd_reload_predicts_and_continues_identically(
 def test_rd_state_continues_identically_in_a_new_process(
     digits_scenario: Scenario, tmp_path: Path
 ) -> None:
-    updater = train_two_updates(Updater(method="rd", **FAST), digits_scenario)
+    updater = train_two_updates(Updater(method="rd", **QUICK), digits_scenario)
     assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_rd_distils_expert_and_previous_model_into_a_fresh_model(
     digits_scenario: Scenario,
 ) -> None:
-    updater = Updater(method="rd", **{**FAST, "memory_size": 400})
+    updater = Updater(method="rd", **{**QUICK, "memory_size": 400})
     method = updater.method
     assert method.memory is not None
     memory = method.memory
@@ -81,6 +83,7 @@ def test_rd_distils_expert_and_previous_model_into_a_fresh_model(
     # Consolidation trains on the memory, chunk 1 added, one target row per memory row.
     assert len(memory) == len(seen["data"]) == len(targets) == 400
     assert torch.equal(seen["data"].x, stored["x"])
+    assert torch.equal(seen["data"].y, stored["y"])  # real labels (--mask-unseen reads them)
     # Rows kept from chunk 0: the previous model's logits (its grown head included).
     old = torch.isin(stored["y"], torch.tensor(digits_scenario.chunk_classes[0])).nonzero()[:, 0]
     assert len(old) > 100
@@ -114,7 +117,7 @@ def test_rd_needs_a_memory() -> None:
 
 def test_rd_works_with_mask_unseen(digits_scenario: Scenario) -> None:
     """RD regresses raw logits: a -inf from --mask-unseen would make the loss infinite."""
-    updater = Updater(method="rd", mask_unseen=True, **FAST)
+    updater = Updater(method="rd", mask_unseen=True, **QUICK)
     updater.update(digits_scenario.train[0])
     updater.update(digits_scenario.train[1])
     assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.5

@@ -124,19 +124,23 @@ def _train_update(
         ctx.train_classes = _training_classes(method, iterate)
     x_all, y_all = iterate.x, iterate.y
     steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
+    epochs = method.epochs(iterate, ctx)
     best_accuracy, best_state, bad_epochs = -1.0, None, 0
 
-    total = steps_per_epoch * config.epochs
+    total = ctx.total_steps = steps_per_epoch * epochs
     description = f"update {ctx.update_index} ({method.name})"
     with Progress(total, description, enabled=config.progress) as progress:
-        for epoch in range(config.epochs):
+        for epoch in range(epochs):
+            for group in optimizer.param_groups:  # the method's schedule (default: --lr)
+                group["lr"] = method.learning_rate(epoch, epochs, config.lr)
             wrapped.train()
             order = torch.randperm(len(iterate), generator=ctx.generator)
             for start in range(0, len(iterate), config.batch_size):
                 index = order[start : start + config.batch_size]
-                batch = Batch(x_all[index].to(backend.device), y_all[index].to(backend.device))
+                x, y = x_all[index].to(backend.device), y_all[index].to(backend.device)
+                batch = Batch(x, y, index)
                 # Augment the new rows for the loss only; after_step (memories) sees them raw.
-                seen = batch if config.augment is None else Batch(ctx.augment(batch.x), batch.y)
+                seen = batch if config.augment is None else Batch(ctx.augment(x), y, index)
                 with backend.autocast():
                     loss = method.loss(seen, ctx)
                 value = float(loss.detach())

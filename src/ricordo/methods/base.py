@@ -23,10 +23,13 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """One training batch on the training device (``x`` features, ``y`` class ids)."""
+    """One training batch on the training device (``x`` features, ``y`` class ids); ``index``
+    holds the rows' positions in the method's ``training_data`` (on the CPU), when the engine
+    built the batch from it (replayed batches have none)."""
 
     x: Tensor
     y: Tensor
+    index: Tensor | None = None
 
 
 @dataclass
@@ -41,6 +44,9 @@ class UpdateContext:
     seen_classes: list[int]
     chunk_classes: list[int]
     step: int = 0
+    # Steps this update will take (epochs x batches of the method's training data), set by the
+    # engine before the first step; early stopping may end the update sooner.
+    total_steps: int = 0
     # --mask-unseen: the classes the engine lets compete while training (chunk + memory); None
     # means no mask. Set by the engine for the training steps only.
     train_classes: list[int] | None = None
@@ -109,6 +115,15 @@ class Method:
     def training_data(self, data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
         """The data the engine iterates over in this update (default: the new chunk)."""
         return data
+
+    def epochs(self, data: ArrayDataset, ctx: UpdateContext) -> int:
+        """Epochs over ``data`` (what ``training_data`` returned) in this update (default:
+        ``--epochs``). Methods that fit a fresh model to the memory (GDumb) set their own."""
+        return ctx.config.epochs
+
+    def learning_rate(self, epoch: int, epochs: int, lr: float) -> float:
+        """The learning rate of ``epoch`` (of ``epochs``), given ``--lr`` (default: constant)."""
+        return lr
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         """The training loss of one step (default: cross-entropy on the batch)."""

@@ -4,49 +4,47 @@ Prabhu, Torr, Dokania 2020, "GDumb: A Simple Approach that Questions Our Progres
 Learning" (ECCV). Each new chunk is streamed (in a seeded random order) into the memory with the
 ``class-balanced`` policy: while the memory has room every row is stored; once full, a row whose
 class is not among the largest evicts a random row of a largest class. Then the model is trained on
-the memory's rows only, with full batches of --batch-size (Renate's GDumb halves them). With
-``reset`` (the default, as in the paper) every module with ``reset_parameters`` is re-initialised
-first, from a seed drawn from the update's generator; pass ``reset=false`` to fine-tune from the
-current weights (Renate's Python API does that), e.g. for a pretrained backbone, which a reset
-would wipe. Needs integer class labels; works in class-, task- and domain-incremental scenarios.
+the memory's rows only, with full batches of --batch-size (Renate's GDumb halves them).
+
+Training follows the paper and Mammoth, not the update's --epochs (``ricordo.methods.memory_fit``):
+256 epochs over the memory with a warm-up epoch and SGDR warm restarts. At --epochs 20 GDumb reached
+59 % on digits class-IL with memory 100, and 87 % with this recipe. ``fitting_epochs=none`` and
+``schedule=constant`` give the update's --epochs and --lr instead. Mammoth also applies CutMix to
+images; that is left to --augment (crop, flip).
+
+With ``reset`` (the default, as in the paper) every module with ``reset_parameters`` is
+re-initialised first, from a seed drawn from the update's generator; pass ``reset=false`` to
+fine-tune from the current weights (Renate's Python API does that), e.g. for a pretrained backbone,
+which a reset would wipe. Needs integer class labels.
+
+Scenarios: class- and task-incremental streams, as in the paper (Mammoth lists only those). In a
+domain-incremental stream (every class in every chunk) the full, balanced memory has no class to
+make room for, so later chunks are not stored; GDumb then logs a warning naming er / offline-er.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from ricordo.config import UpdateConfig
 from ricordo.data.dataset import ArrayDataset
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Method, UpdateContext, register
-from ricordo.models.head import unwrap
+from ricordo.methods.memory_fit import FitsMemory, MemoryFitParams, reinitialize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GDumbParams:
+class GDumbParams(MemoryFitParams):
     reset: bool = True  # paper: retrain from scratch at every update; False: continue training
 
 
-def reset_parameters(model: nn.Module, generator: torch.Generator) -> None:
-    """Re-initialise ``model`` in place (modules with ``reset_parameters``), seeded by
-    ``generator``; the global RNG is left as it was and parameters keep their identity."""
-    module = unwrap(model)
-    fresh = copy.deepcopy(module).to("cpu")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for child in fresh.modules():
-            if callable(getattr(child, "reset_parameters", None)):
-                child.reset_parameters()
-    module.load_state_dict(fresh.state_dict())
-
-
 @register
-class GDumb(Method):
+class GDumb(FitsMemory, Method):
     name = "gdumb"
     Params = GDumbParams
     summary = "Greedy class-balanced memory; train (from scratch) on the memory only."
@@ -60,9 +58,18 @@ class GDumb(Method):
     def begin_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         assert self.memory is not None
         order = torch.randperm(len(data), generator=ctx.generator)
-        self.memory.add({"x": data.x[order], "y": data.y[order]})
+        full = len(self.memory) == self.memory.capacity
+        slots = self.memory.add({"x": data.x[order], "y": data.y[order]})
+        if full and len(data) and not bool((slots >= 0).any()):
+            log.warning(
+                "gdumb: the memory is full and class-balanced and update %d brings no new class, "
+                "so none of its %d rows were stored; GDumb suits class- and task-incremental "
+                "streams, use er or offline-er for domain-incremental ones",
+                ctx.update_index,
+                len(data),
+            )
         if self.params.reset:
-            reset_parameters(ctx.model, ctx.generator)
+            reinitialize(ctx.model, ctx.generator)
 
     def training_data(self, data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
         assert self.memory is not None

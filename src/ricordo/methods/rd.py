@@ -10,11 +10,17 @@ memory only, with DMC's double-distillation loss ``0.5 mean((f(x) - (z - mean_c 
 Renate refreshes the stored logits with the consolidated model at the end of an update; we
 compute the same targets at the start of the next one instead (identical for the old outputs,
 and it gives the rows of a grown output layer a target), so no logits are stored in the state.
-Differences from Renate: every draw is seeded (Renate's RD used ``seed=None``); one epoch is one
-pass over the memory (Renate: at most ``len(chunk)/batch_size`` steps); the expert trains in
-float32 on the training device outside Fabric, with the update's optimizer settings and epochs.
-Re-initialisation calls ``reset_parameters()`` of every module, so parameters of modules
-without one are not re-initialised.
+Differences from Renate: every draw is seeded (Renate's RD used ``seed=None``); the expert trains
+in float32 on the training device outside Fabric, with the update's optimizer settings and epochs.
+
+Consolidation budget: the fresh model is fitted to the memory alone, which takes far more steps
+than an update of the chunk: on digits (class-incremental, memory 500) RD reached 61 % with 20
+epochs over the memory and 93 % with 100. So the consolidation follows GDumb's recipe for a fit
+from scratch (``ricordo.methods.memory_fit``: 256 epochs, warm-up and SGDR warm restarts);
+``fitting_epochs=none`` and ``schedule=constant`` give --epochs and --lr instead. (Renate trains at
+most ``len(chunk)/batch_size`` steps an epoch, fewer still.)
+Re-initialisation calls ``reset_parameters()`` of every module (on a CPU copy, so every device
+gets the same weights); parameters of modules without one are not re-initialised.
 """
 
 from __future__ import annotations
@@ -29,18 +35,8 @@ from ricordo.config import UpdateConfig
 from ricordo.data.dataset import ArrayDataset
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, Method, UpdateContext, register
+from ricordo.methods.memory_fit import FitsMemory, MemoryFitParams, reinitialize
 from ricordo.models.head import unwrap
-
-
-def reinitialize(module: nn.Module, ctx: UpdateContext) -> None:
-    """``reset_parameters()`` on every submodule, drawing from the update's generator."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
-    devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for sub in module.modules():
-            if callable(getattr(sub, "reset_parameters", None)):
-                sub.reset_parameters()
 
 
 @torch.no_grad()
@@ -59,8 +55,9 @@ def double_distillation(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 @register
-class RepeatedDistillation(Method):
+class RepeatedDistillation(FitsMemory, Method):
     name = "rd"
+    Params = MemoryFitParams
     summary = "Train an expert on the chunk, then distil it and the old model into a fresh model."
     targets: Tensor | None = None  # (memory rows, classes) distillation targets of this update
 
@@ -90,26 +87,25 @@ class RepeatedDistillation(Method):
         assert self.memory is not None
         model = unwrap(ctx.model)
         expert = copy.deepcopy(model)
-        reinitialize(expert, ctx)
+        reinitialize(expert, ctx.generator)
         self.train_expert(expert, data, ctx)
         slots = self.memory.add({"x": data.x, "y": data.y})
         stored = slots >= 0
         targets = logits_of(model, self.memory.get()["x"], ctx)  # the previous model's
         targets[slots[stored].to(ctx.device)] = logits_of(expert, data.x[stored], ctx)
         self.targets = targets
-        reinitialize(model, ctx)
+        reinitialize(model, ctx.generator)
 
     def training_data(self, data: ArrayDataset, ctx: UpdateContext) -> ArrayDataset:
-        # Train on the memory; y carries each row's index into self.targets (the loss needs
-        # the row's target logits, and a Batch has only x and y).
         assert self.memory is not None
-        x = self.memory.get()["x"]
-        return ArrayDataset(x, torch.arange(len(x)))
+        rows = self.memory.get()
+        return ArrayDataset(rows["x"], rows["y"])  # batch.index finds each row's target
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
-        assert self.targets is not None
+        assert self.targets is not None and batch.index is not None
         # Raw logits: a --mask-unseen -inf has no place in a regression on logits.
-        return double_distillation(ctx.model(batch.x).float(), self.targets[batch.y])
+        targets = self.targets[batch.index.to(self.targets.device)]
+        return double_distillation(ctx.model(batch.x).float(), targets)
 
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         self.targets = None
