@@ -9,8 +9,8 @@ al. 2020). Before every update after the first, the weights are shrunk and pertu
 Adams 2020). ``logit_ema < 1`` moves the stored logits of replayed rows toward the current ones
 (Renate's ema_memory_update_gamma, which crashed there). A zero weight switches its part off, so
 with all of them off (and shrink 1, perturb 0) this is ER step for step. Prediction uses the
-working model, as in Renate: the EMA models are only teachers here (CLS-ER's stable model, with
-decay 0.999, lags far behind when an update has only a few hundred steps).
+working model, as in Renate: the EMA models are only teachers here. Their decays adapt to short
+updates as in ``cls-er`` (``adapt_decays``).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class SuperExperienceReplay(DarkExperienceReplay):
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
         super().after_step(batch, ctx)  # DER: store the new rows with their logits
         if self.params.consistency_weight > 0:
-            self.ema.step(ctx.model, ctx.generator, *self.params.ema_schedule())
+            self.ema.step(ctx.model, ctx.generator, *self.params.ema_schedule(ctx.total_steps))
 
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         super().end_update(data, ctx)
