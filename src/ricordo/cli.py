@@ -253,16 +253,12 @@ def update(
     """Update a model on one chunk and write the next state (one job per chunk)."""
     from ricordo.config import UpdateConfig
     from ricordo.data import load_data
-    from ricordo.errors import StateExistsError
-    from ricordo.state import state_exists
+    from ricordo.state import check_writable
     from ricordo.updater import Updater
 
     options = _config_options(locals())
     # Fail before training, not after it, when the result could not be written.
-    if not overwrite and state_exists(next_state):
-        raise StateExistsError(
-            f"state already exists at {next_state}; choose a new --next-state or pass --overwrite"
-        )
+    check_writable(next_state, overwrite=overwrite)
     chunk = load_data(data, target=target, name=data)
     if state is None:
         updater = Updater(UpdateConfig(**options))
@@ -386,6 +382,37 @@ def list_(root: Annotated[str, typer.Argument(help="Folder (or URL) holding stat
             f"{entry['name']:<20} {entry['created']}  {meta.get('method', '?'):<10} "
             f"updates={meta.get('updates', '?')}  parent={parent}"
         )
+
+
+@app.command()
+def methods(
+    name: Annotated[
+        str | None, typer.Argument(help="Method to describe (default: list them all).")
+    ] = None,
+) -> None:
+    """List the methods, or describe one: what it does, its memory and its --param options."""
+    from ricordo.methods import METHODS
+    from ricordo.methods.describe import describe
+
+    if name is None:
+        docs = [describe(n) for n in METHODS.names()]
+        for doc in docs:
+            typer.echo(f"{doc.name:<11} {doc.memory:<32} {doc.summary}")
+        typer.echo("\n`ricordo methods NAME` describes one, with its parameters (--param k=v).")
+        return
+    doc = describe(name)
+    lines = [f"{doc.name}: {doc.summary}", f"memory: {doc.memory}", ""]
+    if doc.params:
+        lines.append("parameters (--param k=v):")
+        width = max(len(p.name) for p in doc.params)
+        for p in doc.params:
+            default = "none" if p.default is None else str(p.default).lower()
+            lines.append(f"  {p.name:<{width}}  {p.type} = {default}")
+            if p.note:
+                lines.append(f"  {'':<{width}}  {p.note}")
+    else:
+        lines.append("parameters: none")
+    typer.echo("\n".join([*lines, "", doc.doc]))
 
 
 @app.command()

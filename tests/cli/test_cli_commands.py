@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import ricordo
 from ricordo.config import UpdateConfig
+from ricordo.methods import METHODS
 from ricordo.updater import Updater
 
 CliResult = Any  # conftest.CliResult: code, out, err, err_lines, describe()
@@ -28,6 +29,7 @@ COMMANDS = {
     "predict": ["--state", "--data", "--output", "--probabilities"],
     "info": ["state", "--json"],
     "list": ["root"],
+    "methods": ["name"],
     "benchmark": ["--output", "--methods", "--method", "--epochs", "--memory-size"],
 }
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -78,6 +80,26 @@ def test_help_of_every_command(cli: Cli) -> None:
         assert f"Usage: ricordo {command}" in text, text
         for option in options:
             assert option in text, f"{option} missing in `ricordo {command} --help`:\n{text}"
+
+
+# ------------------------------------------------------------------------------------------------
+# methods
+
+
+def test_methods_lists_and_describes_them(cli: Cli) -> None:
+    listing = cli("methods")
+    assert listing.code == 0, listing.describe()
+    for name in METHODS.names():
+        assert any(line.startswith(name + " ") for line in listing.out.splitlines()), name
+    one = cli("methods", "gdumb")
+    assert one.code == 0, one.describe()
+    assert "fitting_epochs  int | None = 256" in one.out
+    assert "memory: --memory-size (class-balanced)" in one.out
+    assert "Prabhu, Torr, Dokania 2020" in one.out
+    bad = cli("methods", "nope")
+    assert bad.code == 1 and bad.err_lines == [
+        "ricordo: error: unknown method 'nope'; " + "choose one of: " + ", ".join(METHODS.names())
+    ]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from ricordo import Updater
 from ricordo.data import ArrayDataset, Scenario, load_builtin, make_scenario
 from ricordo.errors import ConfigError
 
-
 # The paper's 256 epochs over the memory in the tests that only check state and bookkeeping
 # would be slow; the recipe itself is tested in test_memory_fit.py and learns below.
 QUICK = {"fitting_epochs": 8}

@@ -1,14 +1,16 @@
-"""Every registered method: documented, tested, and safe with --mask-unseen."""
+"""Every registered method: documented, tested, safe with --mask-unseen, and learning in class-,
+task- and domain-incremental streams."""
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 import pytest
 
 from ricordo import Updater
-from ricordo.data import Scenario
+from ricordo.data import ArrayDataset, Scenario, load_builtin, make_scenario
 from ricordo.methods import METHODS
 
 TESTS = Path(__file__).parent
@@ -32,3 +34,40 @@ def test_method_trains_with_mask_unseen(name: str, digits_scenario: Scenario) ->
         record = updater.update(chunk)
         assert math.isfinite(record["train"]["final_loss"])
     assert 0.0 <= updater.evaluate(digits_scenario.test_all())["accuracy"] <= 1.0
+
+
+# Streams a method does not suit, and what it says there instead of silently degrading.
+UNSUITED = {("gdumb", "permutation"): "GDumb suits class- and task-incremental streams"}
+
+
+@pytest.fixture(scope="module")
+def scenarios() -> dict[str, Scenario]:
+    train, test = load_builtin("digits")
+    kinds = ("class-incremental", "task-incremental", "permutation")
+    return {kind: make_scenario(kind, train, test, updates=5, seed=0) for kind in kinds}
+
+
+@pytest.mark.parametrize("kind", ["class-incremental", "task-incremental", "permutation"])
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_learns_in_class_task_and_domain_incremental_streams(
+    name: str, kind: str, scenarios: dict[str, Scenario], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two updates of each kind of stream: every method learns what it was shown, or says that the
+    stream does not suit it."""
+    scenario = scenarios[kind]
+    updater = Updater(method=name, epochs=3, memory_size=60, hidden=(32,), lr=0.1, progress=False)
+    with caplog.at_level(logging.WARNING, logger="ricordo.methods"):
+        for chunk in scenario.train[:2]:
+            updater.update(chunk)
+    if (name, kind) in UNSUITED:
+        assert UNSUITED[name, kind] in caplog.text
+        return
+    assert not caplog.text
+    seen = ArrayDataset.concat(scenario.test[:2])
+    if kind == "task-incremental":  # the task id is known: logits masked to its classes
+        accuracy = updater.evaluate(scenario.test[1], classes=scenario.chunk_classes[1])
+        assert accuracy["accuracy"] > 0.75, accuracy  # chance: 0.5
+    elif kind == "class-incremental":
+        assert updater.evaluate(seen)["accuracy"] > 0.35  # chance: 0.25
+    else:
+        assert updater.evaluate(seen)["accuracy"] > 0.5  # chance: 0.1

@@ -97,6 +97,7 @@ class Method:
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
     summary: ClassVar[str] = ""
+    memory_note: ClassVar[str] = ""  # how the method fills its memory, if not by the policy
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         self.params = params

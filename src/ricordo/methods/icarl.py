@@ -50,6 +50,7 @@ class ICaRL(Method):
     name = "icarl"
     Params = ICaRLParams
     summary = "Herded exemplars per class, sigmoid distillation, nearest-mean-of-exemplars."
+    memory_note = "herded exemplars"
 
     def __init__(self, params: ICaRLParams, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)

@@ -1,4 +1,10 @@
-"""Joint training: keep every sample ever seen and train on all of them (the upper bound)."""
+"""Joint training: keep every sample ever seen and train on all of them (the upper bound).
+
+An unbounded memory (the ``infinite`` policy, --memory-size is ignored) keeps every row of every
+chunk; each update trains on the old rows and the new chunk together, continuing from the current
+weights rather than from scratch (the bound a continual learner could reach with unlimited storage
+and compute, as the "JOINT" rows of the DER paper and Avalanche's cumulative baseline).
+"""
 
 from __future__ import annotations
 
