@@ -259,6 +259,45 @@ def test_update_blocked_by_a_live_writer_lock(
     assert digest(ws) == before
 
 
+@pytest.mark.parametrize(
+    ("next_state", "needles"),
+    [
+        ("m7", ["state already exists", "--overwrite"]),
+        ("notes", ["notes exists and is not a Ricordo state"]),
+        ("v1", ["is writing", "v1.lock"]),  # a live writer's lock
+    ],
+)
+def test_a_next_state_that_cannot_be_written_fails_before_training(
+    next_state: str,
+    needles: list[str],
+    cli: Cli,
+    ws: Path,
+    chunks: Path,
+    digest: Digest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    states = ws / "states"
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "created": "2024-01-01T00:00:00"}
+    (states / "v1.lock").write_text(json.dumps(holder))
+    before = digest(ws)
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although the next state could not be written")
+
+    monkeypatch.setattr("ricordo.updater.train_update", no_training)
+    result = cli(
+        "update",
+        "--data",
+        chunks / "train-1.npz",
+        "--state",
+        states / "v0",
+        "--next-state",
+        states / next_state,
+    )
+    assert_one_line_error(result, *needles)
+    assert digest(ws) == before
+
+
 # ------------------------------------------------------------------------------------------------
 # usage errors: exit 2
 

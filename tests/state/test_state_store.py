@@ -15,12 +15,15 @@ from ricordo import __version__
 from ricordo.errors import (
     StateCorruptError,
     StateError,
+    StateExistsError,
+    StateLockedError,
     StateNotFoundError,
     StateVersionError,
 )
 from ricordo.state import (
     FORMAT_VERSION,
     LoadedState,
+    check_writable,
     list_states,
     read_manifest,
     read_state,
@@ -377,6 +380,35 @@ def test_bytes_like_values_are_stored(tmp_path: os.PathLike) -> None:
 def test_url_without_a_name_is_rejected() -> None:
     with pytest.raises(StateError, match="does not name"):
         write_state("/", {}, {})
+
+
+# ------------------------------------------------------------------------ checking a target
+
+
+def test_check_writable_raises_what_the_write_would(
+    root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    check_writable(f"{root}/free")  # nothing there
+    write_state(f"{root}/taken", {"x": b"1"}, {})
+    with pytest.raises(StateExistsError, match="--overwrite"):
+        check_writable(f"{root}/taken")
+    check_writable(f"{root}/taken", overwrite=True)
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "created": "2024-01-01T00:00:00"}
+    _put(root, "busy.lock", json.dumps(live).encode())
+    with pytest.raises(StateLockedError, match=f"pid {os.getpid()}"):
+        check_writable(f"{root}/busy")
+    dead = {**live, "pid": 2**22 + 12345}  # above Linux's pid_max: never a live process
+    _put(root, "stale.lock", json.dumps(dead).encode())
+    check_writable(f"{root}/stale")  # a stale lock would be taken over: no error, no warning
+    assert "taking over" not in caplog.text
+    assert _cat(root, "stale.lock") == json.dumps(dead).encode()  # and nothing was changed
+    if root.startswith("memory://"):
+        return
+    _put(root, "user/data.txt", b"mine")
+    with pytest.raises(StateError, match="exists and is not a Ricordo state"):
+        check_writable(f"{root}/user", overwrite=True)
 
 
 # --------------------------------------------------------------------------------- listing

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ricordo.state.manifest import FORMAT_VERSION, MIGRATIONS
 from ricordo.state.store import (
     LoadedState,
+    check_writable,
     list_states,
     read_manifest,
     read_state,
@@ -20,6 +21,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MIGRATIONS",
     "LoadedState",
+    "check_writable",
     "list_states",
     "read_manifest",
     "read_state",

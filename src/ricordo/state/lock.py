@@ -91,7 +91,7 @@ class StateLock:
             f"wait for it or remove {self.display} if it is dead"
         )
 
-    def _is_stale(self, raw: bytes, age_s: float) -> bool:
+    def _is_stale(self, raw: bytes, age_s: float, *, taking_over: bool = True) -> bool:
         """Decide whether an existing lock with content ``raw`` may be taken over."""
         holder = _parse_holder(raw)
         if holder is None:
@@ -101,8 +101,21 @@ class StateLock:
         pid, host = holder
         if host != self.host or pid_alive(pid):
             raise self._locked_error(holder)
-        log.warning("taking over stale lock %s of dead pid %d", self.display, pid)
+        if taking_over:
+            log.warning("taking over stale lock %s of dead pid %d", self.display, pid)
         return True
+
+    def check(self) -> None:
+        """Raise StateLockedError if a live job holds the lock now; take nothing. A long job
+        calls this before its work so that a write doomed to fail fails first."""
+        try:
+            if self.loc.is_local:
+                raw, age = _read(self.path), time.time() - os.stat(self.path).st_mtime
+            else:
+                raw, age = self.loc.fs.cat_file(self.path), UNREADABLE_GRACE_S
+        except FileNotFoundError:
+            return
+        self._is_stale(raw, age, taking_over=False)
 
     def acquire(self) -> None:
         """Take the lock or raise StateLockedError naming the live holder."""

@@ -144,6 +144,30 @@ def write_state(
     return manifest
 
 
+def check_writable(url: str, *, overwrite: bool = False) -> None:
+    """Raise now the error ``write_state(url, overwrite=overwrite)`` would raise because of what
+    is already there: a state (without ``overwrite``), a folder that is not a state, or a live
+    writer's lock. ``ricordo update`` calls it before training, so that an hour of training is
+    not lost to a write that cannot happen; ``write_state`` checks again (things may change)."""
+    loc = resolve(url)
+    if loc.is_local:
+        kind = _local_target_kind(loc.path)
+        if kind == "other":
+            raise _not_a_state_error(loc)
+        if kind == "state" and not overwrite:
+            raise _exists_error(loc)
+    elif not overwrite and state_exists(url):
+        raise _exists_error(loc)
+    StateLock(loc).check()
+
+
+def _not_a_state_error(loc: Location) -> StateError:
+    return StateError(
+        f"{loc.url} exists and is not a Ricordo state (no {MANIFEST_NAME}); "
+        "remove it or choose another path"
+    )
+
+
 def _exists_error(loc: Location) -> StateExistsError:
     return StateExistsError(
         f"state already exists at {loc.url}; choose a new --next-state or pass --overwrite"
@@ -191,11 +215,7 @@ def _write_local(
     _clean_sidecars(loc)
     kind = _local_target_kind(loc.path)
     if kind == "other":
-        # Never replace user data that is not a state, even with overwrite.
-        raise StateError(
-            f"{loc.url} exists and is not a Ricordo state (no {MANIFEST_NAME}); "
-            "remove it or choose another path"
-        )
+        raise _not_a_state_error(loc)  # never replace user data, even with overwrite
     if kind == "state" and not overwrite:
         raise _exists_error(loc)
     tmp = loc.sibling(sidecar_name(loc.name, "tmp", os.getpid(), secrets.token_hex(4)))
