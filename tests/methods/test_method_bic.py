@@ -1,5 +1,7 @@
 """bic: learns, survives save/load (also in a new process), corrects only the logits of each
-update's new classes (identity before the first correction) and holds its validation rows out."""
+update's new classes (identity before the first correction) and holds its validation rows out;
+skips the correction below bias_min_val_rows, never keeps one that lowers the accuracy on its
+validation rows, and weights the stage-1 loss as configured."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from helpers import (
 from ricordo import Updater
 from ricordo.data import Scenario
 from ricordo.errors import ConfigError
+from ricordo.methods.bic import apply_bias
 
 
 def _raw_logits(updater: Updater, x: torch.Tensor) -> torch.Tensor:
@@ -126,3 +129,93 @@ def test_bic_rejects_bad_parameters() -> None:
         Updater(method="bic", params={"temperature": 0})
     with pytest.raises(ConfigError, match="--memory-size"):
         Updater(method="bic", memory_size=0)
+
+
+def test_bic_skips_the_correction_below_the_minimum_validation_rows(
+    digits_scenario: Scenario,
+) -> None:
+    """With fewer than bias_min_val_rows validation rows for some class, nothing is held out of
+    training and the logits stay uncorrected (alpha=1, beta=0)."""
+    updater = Updater(method="bic", params={"bias_min_val_rows": 1000}, **FAST)
+    updater.update(digits_scenario.train[0])
+    sizes: list[int] = []
+    training_data = updater.method.training_data
+
+    def spy(data, ctx):  # type: ignore[no-untyped-def]
+        sizes.append(len(training_data(data, ctx)))
+        return training_data(data, ctx)
+
+    updater.method.training_data = spy  # type: ignore[method-assign]
+    chunk = digits_scenario.train[1]
+    updater.update(chunk)
+    assert sizes == [len(chunk)]  # every chunk row trained on
+    assert updater.method.bias.shape == (0, 2) and updater.method.groups == []
+    x = digits_scenario.test_all().x
+    assert torch.equal(updater.predict_logits(x), _raw_logits(updater, x))
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "sgd"])
+def test_bic_correction_does_not_lower_accuracy_on_its_validation_rows(
+    digits_scenario: Scenario, optimizer: str
+) -> None:
+    updater = Updater(method="bic", params={"bias_optimizer": optimizer}, **FAST)
+    fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    fit = updater.method._fit
+
+    def spy(logits, y, classes, lr):  # type: ignore[no-untyped-def]
+        ab = fit(logits, y, classes, lr)
+        corrected = apply_bias(logits, ab[0], ab[1], classes)
+        fits.append((logits.argmax(1) == y, corrected.argmax(1) == y, ab))
+        return ab
+
+    updater.method._fit = spy  # type: ignore[method-assign]
+    for chunk in digits_scenario.train[:3]:
+        updater.update(chunk)
+    assert len(fits) == 2
+    for before, after, ab in fits:
+        assert after.sum() >= before.sum()
+        assert torch.isfinite(ab).all() and not torch.equal(ab, torch.tensor([1.0, 0.0]))
+
+
+def test_bic_rejects_a_fit_that_lowers_validation_accuracy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever the optimiser returns, a non-finite or accuracy-lowering (alpha, beta) is
+    replaced by the identity."""
+    method = Updater(method="bic", **FAST).method
+    logits = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, -1.0], [0.0, -2.0]])
+    y = torch.tensor([1, 1, 0, 0])  # class 1 new; all four rows correct uncorrected
+    result = method._fit(logits, y, [1], lr=0.1)
+    assert torch.isfinite(result).all()  # a plain fit keeps every row correct
+    for value in ([1.0, -100.0], [float("nan"), 0.0]):
+
+        def step(self, closure, value=value):  # type: ignore[no-untyped-def]
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].copy_(torch.tensor(value))
+
+        monkeypatch.setattr(torch.optim.LBFGS, "step", step)
+        assert torch.equal(method._fit(logits, y, [1], lr=0.1), torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize(
+    ("weighting", "expected"), [("normalized", (1.0, 1.0)), ("paper", (0.5, 0.5))]
+)
+def test_bic_stage_one_loss_weighting(
+    digits_scenario: Scenario, weighting: str, expected: tuple[float, float]
+) -> None:
+    """2 old and 2 new classes, lam = 0.5: "paper" trains on (1 - lam) CE + lam KD, "normalized"
+    on that loss divided by 1 - lam, CE + (old / chunk) KD."""
+    updater = Updater(method="bic", params={"loss_weighting": weighting}, **FAST)
+    updater.update(digits_scenario.train[0])
+    assert updater.method.weights == (1.0, 0.0)  # no old classes: plain CE, as er
+    updater.update(digits_scenario.train[1])
+    assert updater.method.lam == 0.5 and updater.method.weights == expected
+
+
+def test_bic_rejects_bad_correction_parameters() -> None:
+    with pytest.raises(ConfigError, match="bias_optimizer"):
+        Updater(method="bic", params={"bias_optimizer": "adam"})
+    with pytest.raises(ConfigError, match="bias_min_val_rows"):
+        Updater(method="bic", params={"bias_min_val_rows": 0})
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        Updater(method="bic", params={"loss_weighting": "convex"})

@@ -1,15 +1,42 @@
 """BiC: experience replay with distillation, then a 2-parameter bias correction of new classes.
 
 Wu et al. 2019, "Large Scale Incremental Learning" (CVPR). Stage 1 trains like ER (each new batch
-plus a replayed batch) with ``(1 - lam) * CE + lam * KD``, ``lam = old / (old + chunk classes)``,
-KD the soft cross-entropy at temperature T between the frozen previous model and the model on the
-old classes' logits. Stage 2 (end of the update) fits ``alpha * z + beta`` on the logits ``z`` of
-the classes new in this chunk by cross-entropy on a class-balanced validation set: a fraction of
-the exemplars per old class, and as many rows per new class held out from the chunk. Both parts are
-held out of stage 1, as in the paper (the chunk rows are offered to the memory afterwards). Every
-correction is kept (``bias``, one (alpha, beta) row per correction, and the classes it applies to)
-and applied, each to its own classes, in training, distillation and prediction, as PyCIL and
-FACIL do; before the first correction the model's logits are returned unchanged.
+plus a replayed batch) on the paper's ``(1 - lam) * CE + lam * KD``, ``lam = old / (old + chunk
+classes)``, KD the soft cross-entropy at temperature T between the frozen previous model and the
+model on the old classes' logits. Stage 2 (end of the update) fits ``alpha * z + beta`` on the
+logits ``z`` of the classes new in this chunk by cross-entropy on a class-balanced validation set:
+a fraction of the exemplars per old class, and as many rows per new class held out from the
+chunk. Both parts are held out of stage 1, as in the paper (the chunk rows are offered to the
+memory afterwards). Every correction is kept (``bias``, one (alpha, beta) row per correction, and
+the classes it applies to) and applied, each to its own classes, in training, distillation and
+prediction, as PyCIL and FACIL do; before the first correction the model's logits are returned
+unchanged.
+
+Where the paper's setting (hundreds of epochs, thousands of validation rows) does not hold:
+
+* ``loss_weighting="normalized"`` (default) trains on the paper's loss divided by ``1 - lam``,
+  i.e. ``CE + (old / chunk) * KD``: the same minimiser and the same CE:KD ratio, but CE keeps the
+  unit weight the configured learning rate is meant for. The paper's convex form scales the CE
+  gradient by ``1 - lam`` (0.2 with 8 old classes and 2 new), so in a short schedule the replayed
+  rows never pull the old classes back up against the new ones: on digits (class-incremental,
+  memory 100, 20 epochs) the stage-1 model predicted the 2 new classes for 58-73% of the seen
+  test rows (20% true), the correction then shrank them (alpha 0.4-0.7) and the newest task
+  collapsed (0.28-0.75 where ER has 0.93-0.99): average accuracy 69.5 vs ER 86.3 over seeds
+  0-2, 87.9 with this weighting (memory 500: 75.7, ER 89.5, 91.2). ``"paper"`` keeps the
+  printed form (with ``bias_optimizer="sgd"`` it reproduces the former 69.5 and 75.7).
+* The correction is fitted by L-BFGS (strong-Wolfe line search, at most ``bias_epochs``
+  iterations; ``bias_optimizer="lbfgs"``, default) on the frozen validation logits, with the L2
+  term ``bias_decay / 2`` on ``beta`` and on ``alpha - 1``. It does not depend on the training
+  optimiser: FACIL's fit (``"sgd"``: ``bias_epochs`` full-batch SGD steps, momentum 0.9, at the
+  training lr, L2 on ``beta`` only) stops short of the optimum at Adam's lr 1e-3. The ``alpha -
+  1`` term keeps the fit bounded when the few validation rows are already separable: without
+  it alpha ran to 19 on 18 rows and digits (memory 100, Adam 1e-3) fell from 91.3 to 80.1.
+* A fitted correction is kept only if it is finite and does not lower the accuracy on the
+  validation rows it was fitted on; otherwise the identity (1, 0) is recorded for that update.
+* Below ``bias_min_val_rows`` validation rows for some old or new class, nothing is held out
+  and no correction is fitted in that update. The default (1) only skips a class with a single
+  exemplar: the 2-parameter fit still helps with 1 row per class (digits, memory 20, 5 seeds:
+  71.2 vs ER 62.9), while requiring 2 rows skipped those corrections (59.2).
 
 "Old" classes are those seen before and absent from the chunk, "new" those never seen before.
 In class- and task-incremental scenarios these are the paper's sets; in a domain-incremental
@@ -34,14 +61,26 @@ from ricordo.memory import TensorMemory
 from ricordo.methods.base import Batch, Method, UpdateContext, register
 from ricordo.models.head import unwrap
 
+BIAS_OPTIMIZERS = ("lbfgs", "sgd")
+LOSS_WEIGHTINGS = ("normalized", "paper")
+
 
 @dataclass(frozen=True)
 class BiCParams:
     memory_batch_size: int | None = None  # rows replayed per step; None = batch size (as ER)
     temperature: float = 2.0  # paper: T = 2
     bias_val_fraction: float = 0.1  # paper: exemplars split 9:1 into train and validation
-    bias_epochs: int = 200  # SGD epochs of the correction; original code and FACIL: 200
-    bias_decay: float = 0.1  # L2 weight on beta; original code and FACIL: 0.1 * beta**2 / 2
+    # Iterations of the correction's fit: L-BFGS iterations, or SGD steps (FACIL: 200).
+    bias_epochs: int = 200
+    # L2 weight: FACIL's 0.1 * beta**2 / 2; "lbfgs" also puts it on alpha - 1 (bounded fit).
+    bias_decay: float = 0.1
+    # "lbfgs": lr-free full fit (default); "sgd": FACIL's bias_epochs SGD steps at the training lr.
+    bias_optimizer: str = "lbfgs"
+    # Fewer validation rows for some old or new class: no hold-out, no correction this update.
+    bias_min_val_rows: int = 1
+    # "normalized": CE + (old / chunk) * KD, the paper's loss / (1 - lam), CE at unit weight
+    # (default); "paper": (1 - lam) * CE + lam * KD as printed (under-trains short schedules).
+    loss_weighting: str = "normalized"
 
     def __post_init__(self) -> None:
         if self.memory_batch_size is not None and self.memory_batch_size < 1:
@@ -54,6 +93,16 @@ class BiCParams:
             raise ConfigError(f"bias_decay={self.bias_decay} must be >= 0")
         if self.bias_epochs < 1:
             raise ConfigError(f"bias_epochs={self.bias_epochs} must be >= 1")
+        if self.bias_optimizer not in BIAS_OPTIMIZERS:
+            raise ConfigError(
+                f"bias_optimizer={self.bias_optimizer!r} must be one of {BIAS_OPTIMIZERS}"
+            )
+        if self.bias_min_val_rows < 1:
+            raise ConfigError(f"bias_min_val_rows={self.bias_min_val_rows} must be >= 1")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(
+                f"loss_weighting={self.loss_weighting!r} must be one of {LOSS_WEIGHTINGS}"
+            )
 
 
 def apply_bias(logits: Tensor, alpha: Tensor, beta: Tensor, classes: list[int]) -> Tensor:
@@ -77,7 +126,8 @@ class BiC(Method):
         self.old_model: torch.nn.Module | None = None
         self.old: list[int] = []
         self.new: list[int] = []
-        self.lam = 0.0
+        self.lam = 0.0  # the paper's lambda
+        self.weights = (1.0, 0.0)  # (CE, KD) weights of the stage-1 loss
         self._keep: Tensor | None = None  # chunk rows trained on (the rest is validation)
         self._val: list[ArrayDataset] = []
         self._blocked: Tensor | None = None  # memory slots held out of replay (validation)
@@ -98,7 +148,11 @@ class BiC(Method):
         chunk = data.classes()
         self.old = sorted(set(self.seen) - set(chunk))
         self.new = new = sorted(set(chunk) - set(self.seen))
-        self.lam = len(self.old) / (len(self.old) + len(chunk))
+        self.lam = lam = len(self.old) / (len(self.old) + len(chunk))
+        if self.params.loss_weighting == "paper":
+            self.weights = (1 - lam, lam)
+        else:  # the paper's loss divided by 1 - lam
+            self.weights = (1.0, len(self.old) / len(chunk))
         self._keep, self._val, self._blocked = None, [], None
         if self.old:
             self.old_model = copy.deepcopy(unwrap(ctx.model)).eval().requires_grad_(False)
@@ -106,10 +160,11 @@ class BiC(Method):
             return
         stored = self.memory.get()["y"]
         k = math.ceil(self.params.bias_val_fraction * len(stored) / len(stored.unique()))
-        slots = torch.cat([self._pick(stored, c, k, ctx) for c in self.old])
-        held = torch.cat([self._pick(data.y, c, k, ctx) for c in new])
-        if len(slots) == 0 or len(held) == 0:
+        per_old = [self._pick(stored, c, k, ctx) for c in self.old]
+        per_new = [self._pick(data.y, c, k, ctx) for c in new]
+        if min(len(rows) for rows in per_old + per_new) < self.params.bias_min_val_rows:
             return  # too few rows to hold out: no correction in this update
+        slots, held = torch.cat(per_old), torch.cat(per_new)
         rows = self.memory.get(slots)
         self._blocked = slots
         keep = torch.ones(len(data), dtype=torch.bool)
@@ -146,7 +201,7 @@ class BiC(Method):
             target = self.correct(self.old_model(x))[:, self.old] / self.params.temperature
         log_p = F.log_softmax(logits[:, self.old] / self.params.temperature, dim=1)
         kd = -(F.softmax(target, dim=1) * log_p).sum(1).mean()
-        return (1 - self.lam) * ce + self.lam * kd
+        return self.weights[0] * ce + self.weights[1] * kd
 
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
         assert self.memory is not None
@@ -173,18 +228,43 @@ class BiC(Method):
         self._keep, self._val, self._blocked = None, [], None
 
     def _fit(self, logits: Tensor, y: Tensor, classes: list[int], lr: float) -> Tensor:
-        """(alpha, beta) by full-batch SGD (momentum 0.9) on the frozen validation logits."""
+        """(alpha, beta) fitted on the frozen validation ``logits``; the identity (1, 0) unless
+        the fit is finite and does not lower the accuracy on these rows."""
         ab = torch.tensor([1.0, 0.0], requires_grad=True)
-        optimizer = torch.optim.SGD([ab], lr=lr, momentum=0.9)
+        decay = self.params.bias_decay / 2
+
+        def objective() -> Tensor:
+            loss = F.cross_entropy(apply_bias(logits, ab[0], ab[1], classes), y)
+            if self.params.bias_optimizer == "lbfgs":
+                return loss + decay * (ab[1] ** 2 + (ab[0] - 1) ** 2)
+            return loss + decay * ab[1] ** 2
+
         with torch.enable_grad():
-            for _ in range(self.params.bias_epochs):
-                loss = F.cross_entropy(apply_bias(logits, ab[0], ab[1], classes), y)
-                loss = loss + self.params.bias_decay / 2 * ab[1] ** 2
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            if self.params.bias_optimizer == "lbfgs":
+                lbfgs = torch.optim.LBFGS(
+                    [ab], lr=1.0, max_iter=self.params.bias_epochs, line_search_fn="strong_wolfe"
+                )
+
+                def closure() -> Tensor:
+                    lbfgs.zero_grad()
+                    loss = objective()
+                    loss.backward()
+                    return loss
+
+                lbfgs.step(closure)
+            else:  # FACIL: full-batch SGD, momentum 0.9, at the training lr
+                sgd = torch.optim.SGD([ab], lr=lr, momentum=0.9)
+                for _ in range(self.params.bias_epochs):
+                    sgd.zero_grad()
+                    objective().backward()
+                    sgd.step()
         ab = ab.detach()
-        return ab if bool(torch.isfinite(ab).all()) else torch.tensor([1.0, 0.0])
+        identity = torch.tensor([1.0, 0.0])
+        if not bool(torch.isfinite(ab).all()):
+            return identity
+        before = (logits.argmax(1) == y).sum()
+        after = (apply_bias(logits, ab[0], ab[1], classes).argmax(1) == y).sum()
+        return ab if bool(after >= before) else identity
 
     def predict(self, x: Tensor, ctx: UpdateContext) -> Tensor:
         return self.correct(ctx.logits(x))
