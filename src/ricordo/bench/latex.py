@@ -48,7 +48,7 @@ def latex_table(
     if caption is None:
         caption = (
             "Continual-learning metrics: accuracy in \\%, mean $\\pm$ std over seeds "
-            "($n$ runs); best per column in bold."
+            "($n$ runs); a value strictly better than the others in its column is in bold."
         )
         if table.references:
             names = ", ".join(escape(r) for r in table.references)

@@ -70,6 +70,11 @@ def _seeds_note(summaries: Sequence[MethodSummary]) -> str:
 
 def plot_heatmap(summary: MethodSummary, path: str | Path) -> Path:
     """The mean accuracy matrix: cells annotated in %, seen/unseen chunks split by a staircase."""
+    return _save(heatmap_figure(summary), Path(path))
+
+
+def heatmap_figure(summary: MethodSummary) -> Any:
+    """The figure of :func:`plot_heatmap` (not saved)."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
@@ -78,7 +83,10 @@ def plot_heatmap(summary: MethodSummary, path: str | Path) -> Path:
         panels.append(("task-IL", summary.task_il_matrix_mean))
     t = summary.matrix_mean.shape[0]
     side = min(max(3.8, 0.5 * t + 2.0), 10.0)
-    fig = _figure(side * len(panels) + 1.0, side + 0.55)
+    # Square panels plus room for the two-line title, panel titles, ticks and the x label: with
+    # less, constrained layout cannot fit the squares and pushes the x label's descenders off
+    # the canvas ("test chunk j" then reads "test chunk i").
+    fig = _figure(side * len(panels) + 1.0, side + 1.0)
     cmap = colormaps["viridis"]
     norm = Normalize(0, 100)
     fontsize = 10 if t <= 6 else 9 if t <= 10 else 7.5 if t <= 14 else 6 if t <= 18 else 0
@@ -133,13 +141,18 @@ def plot_heatmap(summary: MethodSummary, path: str | Path) -> Path:
     bar = fig.colorbar(image, ax=list(axes), fraction=0.046 * len(panels) ** -0.5, pad=0.03)
     bar.set_label("accuracy (%)")
     bar.outline.set_visible(False)
-    return _save(fig, Path(path))
+    return fig
 
 
 def plot_accuracy_curves(
     summaries: Sequence[MethodSummary], path: str | Path, colors: dict[str, Any]
 ) -> Path:
     """Average accuracy on seen chunks after each update, one line per method, ± std band."""
+    return _save(accuracy_curves_figure(summaries, colors), Path(path))
+
+
+def accuracy_curves_figure(summaries: Sequence[MethodSummary], colors: dict[str, Any]) -> Any:
+    """The figure of :func:`plot_accuracy_curves` (not saved); its end labels never overlap."""
     panels = [("class-IL", "curve_mean", "curve_std")]
     if any(s.task_il_curve_mean is not None for s in summaries):
         panels.append(("task-IL", "task_il_curve_mean", "task_il_curve_std"))
@@ -148,6 +161,7 @@ def plot_accuracy_curves(
     fig = _figure(width * (1 if len(panels) == 1 else 0.8) * len(panels), 4.3)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     markers = "osD^vP*Xh<>"
+    panel_ends: list[list[tuple[float, Any]]] = []  # per panel: (final value in %, color)
     for ax, (name, mean_attr, std_attr) in zip(axes, panels, strict=True):
         for k, s in enumerate(summaries):
             mean = getattr(s, mean_attr)
@@ -170,13 +184,13 @@ def plot_accuracy_curves(
                 ax.fill_between(
                     x, 100 * (mean - std), 100 * (mean + std), color=color, alpha=0.18, lw=0
                 )
-        ends = [
-            (100 * float(getattr(s, mean_attr)[-1]), colors[s.label])
-            for s in summaries
-            if getattr(s, mean_attr) is not None and len(getattr(s, mean_attr)) == t
-        ]
-        for y, (value, color) in zip(_spread([e[0] for e in ends], gap=4.2), ends, strict=True):
-            ax.text(t - 1 + 0.14, y, f"{value:.1f}", va="center", fontsize=8.5, color=color)
+        panel_ends.append(
+            [
+                (100 * float(getattr(s, mean_attr)[-1]), colors[s.label])
+                for s in summaries
+                if getattr(s, mean_attr) is not None and len(getattr(s, mean_attr)) == t
+            ]
+        )
         ax.set_xticks(list(range(t)) if t <= 25 else list(range(0, t, max(1, t // 12))))
         ax.set_xlim(-0.25, t - 1 + 0.25 + 0.04 * t + 0.35)
         ax.set_ylim(0, 102)
@@ -195,7 +209,43 @@ def plot_accuracy_curves(
     fig.suptitle(
         f"Accuracy after each update ({_seeds_note(summaries)})", fontsize=12, fontweight="bold"
     )
-    return _save(fig, Path(path))
+    # The end labels are spaced in points, so the axes' final height must be known: lay out now.
+    # The labels stay out of the layout, which therefore does not move when they are added.
+    fig.draw_without_rendering()
+    for ax, ends in zip(axes, panel_ends, strict=True):
+        height_pt = ax.get_window_extent().height * 72.0 / fig.dpi
+        bottom, top = ax.get_ylim()
+        fractions = [(value - bottom) / (top - bottom) for value, _ in ends]
+        ys = end_label_positions(fractions, height_pt, END_LABEL_FONTSIZE)
+        for y, (value, color) in zip(ys, ends, strict=True):
+            ax.text(
+                t - 1 + 0.14,
+                y,
+                f"{value:.1f}",
+                va="center",
+                fontsize=END_LABEL_FONTSIZE,
+                color=color,
+                transform=ax.get_xaxis_transform(),  # x in data, y in axes fraction
+                in_layout=False,
+            )
+    return fig
+
+
+END_LABEL_FONTSIZE = 8.5
+# Centre-to-centre distance of two end labels in font sizes: a line of digits is about 0.75 em
+# tall, so 1.2 em leaves a visible gap between neighbours.
+END_LABEL_GAP_EM = 1.2
+
+
+def end_label_positions(
+    fractions: Sequence[float], axes_height_pt: float, fontsize: float = END_LABEL_FONTSIZE
+) -> list[float]:
+    """Heights (axes fraction) of the curves' end labels: near each curve's end (``fractions``,
+    same order), at least ``END_LABEL_GAP_EM`` font sizes apart, so no two labels overlap
+    whatever the axes' size; kept inside the axes while there is room."""
+    gap = END_LABEL_GAP_EM * fontsize / max(axes_height_pt, 1.0)
+    margin = 0.5 * fontsize / max(axes_height_pt, 1.0)
+    return _spread(fractions, gap=gap, low=margin, high=1.0 - margin)
 
 
 def plot_final_per_chunk(

@@ -546,7 +546,9 @@ def comparison_table(summaries: Sequence[MethodSummary]) -> ComparisonTable:
         range(len(summaries))
     )
     for col, (key, _, higher, scale, digits, _) in enumerate(columns):
-        # Compare the rounded values shown, so ties on screen are ties in bold too.
+        # Compare the rounded values shown; bold marks a value strictly better than every other
+        # contender's, so a tie for the best (e.g. the same forward transfer for every method,
+        # which it is whenever no method can predict a class before training on it) bolds none.
         shown = {
             i: round(scale * v, digits)
             for i in contenders
@@ -555,8 +557,9 @@ def comparison_table(summaries: Sequence[MethodSummary]) -> ComparisonTable:
         if len(shown) < 2 or higher is None:
             continue
         target = max(shown.values()) if higher else min(shown.values())
-        for i, v in shown.items():
-            best[i][col] = v == target
+        winners = [i for i, v in shown.items() if v == target]
+        if len(winners) == 1:
+            best[winners[0]][col] = True
     short = [f"{c[1]} {'↑' if c[2] else '↓'}" if c[2] is not None else c[1] for c in columns]
     groups = [c[5] if task_names else "" for c in columns]
     flat = [f"{g} {h}" if g == "task-IL" else h for g, h in zip(groups, short, strict=True)]
@@ -763,7 +766,8 @@ def _per_update_table(
 def _legend_lines(table: ComparisonTable, summaries: Sequence[MethodSummary]) -> list[str]:
     lines = [
         "Accuracy metrics in %, mean ± sample std over seeds (n runs); ↑ higher is better, "
-        "↓ lower is better; best value per column in bold.",
+        "↓ lower is better; a value strictly better than every other method's is in bold "
+        "(a tie for the best is not marked).",
     ]
     if any(s.reference for s in summaries) and any(not s.reference for s in summaries):
         refs = ", ".join(sorted({s.method for s in summaries if s.reference}))
