@@ -48,6 +48,13 @@ MemoryStorage = Annotated[
 MemoryDir = Annotated[
     str | None, typer.Option(help="Folder for an mmap memory's files (default: temp folder).")
 ]
+MemoryInsert = Annotated[
+    str | None,
+    typer.Option(
+        help="When rows enter the memory: every-epoch (default, as Mammoth) or once per update "
+        "(a uniform sample of the distinct rows)."
+    ),
+]
 MaskUnseen = Annotated[
     bool | None,
     typer.Option(
@@ -172,13 +179,21 @@ def data(
     group_column: Annotated[
         str | None, typer.Option(help="Column of a table that groups samples (grouped scenario).")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace an earlier export in --out (only the files it wrote)."),
+    ] = False,
 ) -> None:
     """Cut a dataset into chunks and write them as .npz files (train-K, test-K, test-all).
 
     DATASET is a built-in name, or your own training file with --test-data (CSV/Parquet need
-    --target; --group-column feeds the grouped / time-incremental scenario).
+    --target; --group-column feeds the grouped / time-incremental scenario). --out must be new
+    or empty; --overwrite replaces an earlier export there and refuses any other file.
     """
     from ricordo.data import export_scenario, load_builtin, load_data, make_scenario
+    from ricordo.data.export import check_export_target
+
+    check_export_target(out, overwrite=overwrite)  # before loading and cutting the data
 
     if Path(dataset).suffix.lower() in (".npz", ".csv", ".parquet"):
         if test_data is None:
@@ -205,7 +220,7 @@ def data(
         data_name=dataset,
         options=_pairs(scenario_option, "--scenario-option"),
     )
-    export_scenario(split, out)
+    export_scenario(split, out, overwrite=overwrite)
     for k, classes in enumerate(split.chunk_classes):
         typer.echo(
             f"chunk {k}: classes {classes}, {len(split.train[k])} train / "
@@ -230,6 +245,7 @@ def update(
     memory_policy: MemoryPolicy = None,
     memory_storage: MemoryStorage = None,
     memory_dir: MemoryDir = None,
+    memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
     max_classes: MaxClasses = None,
     optimizer: Optimizer = None,
@@ -259,12 +275,13 @@ def update(
     options = _config_options(locals())
     # Fail before training, not after it, when the result could not be written.
     check_writable(next_state, overwrite=overwrite)
-    chunk = load_data(data, target=target, name=data)
     if state is None:
         updater = Updater(UpdateConfig(**options))
-        record = updater.update(chunk)
+        record = updater.update(load_data(data, target=target, name=data))
     else:
         updater = Updater.load(state)
+        # A state trained on a table reads the chunk's columns by name (others are ignored).
+        chunk = load_data(data, target=target, name=data, columns=updater.feature_names)
         record = updater.update(chunk, **options)
     updater.save(next_state, overwrite=overwrite)
     train = record["train"]
@@ -287,16 +304,22 @@ def evaluate(
     from ricordo.updater import Updater
 
     updater = Updater.load(state)
-    result = updater.evaluate(load_data(data, target=target, name=data))
-    result = {"state": state, "data": data, **result}
+    chunk = load_data(data, target=target, name=data, columns=updater.feature_names)
+    result = {"state": state, "data": data, **updater.evaluate(chunk)}
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         # Strict JSON: a loss that cannot be computed (no label has an output yet) is null.
         finite = {k: (None if isinstance(v, float) and v != v else v) for k, v in result.items()}
         output.write_text(json.dumps(finite, indent=1, allow_nan=False) + "\n")
+    unseen = result["unseen_label_rows"]  # samples = loss_samples + unseen_label_rows
     typer.echo(
-        f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-        f"({result['samples']} samples)"
+        f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  ({result['samples']} "
+        + (
+            f"samples, {unseen} of classes the model has never seen: counted as wrong, left "
+            f"out of the loss over the other {result['loss_samples']})"
+            if unseen
+            else "samples)"
+        )
     )
 
 
@@ -317,7 +340,7 @@ def predict(
     from ricordo.updater import Updater
 
     updater = Updater.load(state)
-    inputs = load_features(data, target=target, name=data)
+    inputs = load_features(data, target=target, name=data, columns=updater.feature_names)
     result = updater.predict_proba(inputs) if probabilities else updater.predict(inputs)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "wb") as handle:  # np.save(path) would append ".npy" to other names
@@ -468,6 +491,7 @@ def benchmark(
     memory_policy: MemoryPolicy = None,
     memory_storage: MemoryStorage = None,
     memory_dir: MemoryDir = None,
+    memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
     max_classes: MaxClasses = None,
     optimizer: Optimizer = None,

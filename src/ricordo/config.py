@@ -6,6 +6,8 @@ The CLI is a thin layer over this dataclass: each CLI option has the same name a
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +16,9 @@ from ricordo.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BACKENDS = ("auto", "torch", "fabric")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+MEMORY_INSERTS = ("every-epoch", "once")
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; derived per-update seeds stay below this
+MAX_THREADS = 1024  # a fixed cap (not this machine's cores): states move between machines
 
 # Fields fixed for a whole lineage: changing them would make the stored state meaningless.
 LINEAGE_FIELDS = (
@@ -67,8 +72,18 @@ class UpdateConfig:
     mask_unseen: bool = False
     # Working folder of an mmap memory's files (default: the temp folder; avoid a RAM tmpfs).
     memory_dir: str | None = None
+    # When the memory sees the chunk's rows: "every-epoch" offers each row once per epoch (the
+    # Mammoth default: repeated offers favour the current chunk); "once" offers each row once
+    # per update (first epoch), so the memory is a uniform sample of the distinct rows so far.
+    memory_insert: str = "every-epoch"
 
     def __post_init__(self) -> None:
+        _check(
+            isinstance(self.hidden, (tuple, list)) and all(_is_int(h) for h in self.hidden),
+            "hidden",
+            self.hidden,
+            "a list of integer layer sizes such as 256,128",
+        )
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "model_options", dict(self.model_options))
         object.__setattr__(self, "params", dict(self.params))
@@ -76,14 +91,32 @@ class UpdateConfig:
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
-        _check(self.lr > 0, "lr", self.lr, "a positive learning rate such as 0.05")
-        _check(self.momentum >= 0, "momentum", self.momentum, "a value >= 0")
-        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a value >= 0")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
-        _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "a value in [0, 1)")
+        # Numbers: type, finiteness and range, so a typo fails here and not as a loss of 4.8e34
+        # (--momentum 5), a traceback (--seed 2**70) or a crash at exit (--threads 100000).
+        _check(_finite(self.lr) and self.lr > 0, "lr", self.lr, "a finite learning rate > 0")
         _check(
-            self.patience is None or self.patience >= 1,
+            _finite(self.momentum) and 0 <= self.momentum < 1,
+            "momentum",
+            self.momentum,
+            "a value in [0, 1), such as 0.9",
+        )
+        _check(
+            _finite(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            self.weight_decay,
+            "a finite value >= 0",
+        )
+        _check(
+            _finite(self.val_fraction) and 0 <= self.val_fraction < 1,
+            "val_fraction",
+            self.val_fraction,
+            "a value in [0, 1)",
+        )
+        for name, low in (("batch_size", 1), ("epochs", 1), ("memory_size", 0)):
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= low, name, value, f"an integer >= {low}")
+        _check(
+            self.patience is None or (_is_int(self.patience) and self.patience >= 1),
             "patience",
             self.patience,
             "an integer >= 1 (it needs --val-fraction > 0)",
@@ -94,7 +127,12 @@ class UpdateConfig:
             self.patience,
             "a validation split as well: add --val-fraction 0.1",
         )
-        _check(self.memory_size >= 0, "memory_size", self.memory_size, "an integer >= 0")
+        _check(
+            _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+            "seed",
+            self.seed,
+            f"an integer in [0, 2**63 - 1 = {MAX_SEED}]",
+        )
         _check(
             self.memory_storage in ("ram", "mmap"),
             "memory_storage",
@@ -102,20 +140,37 @@ class UpdateConfig:
             "'ram' or 'mmap' (memory-mapped files for memories larger than RAM)",
         )
         _check(
+            self.memory_insert in MEMORY_INSERTS,
+            "memory_insert",
+            self.memory_insert,
+            "'every-epoch' (offer each row to the memory every epoch, as Mammoth) or 'once' "
+            "(each row once per update: a uniform sample of the distinct rows)",
+        )
+        _check(
             self.memory_dir is None or self.memory_storage == "mmap",
             "memory_dir",
             self.memory_dir,
             "no folder unless --memory-storage mmap",
         )
-        _check(self.max_classes >= 1, "max_classes", self.max_classes, "an integer >= 1")
+        _check(
+            _is_int(self.max_classes) and self.max_classes >= 1,
+            "max_classes",
+            self.max_classes,
+            "an integer >= 1",
+        )
         _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
-        _check(self.devices >= 1, "devices", self.devices, "an integer >= 1")
+        _check(
+            _is_int(self.devices) and self.devices >= 1, "devices", self.devices, "an integer >= 1"
+        )
         if self.augment is not None:
             from ricordo.data.augment import training_augment_spec
 
             object.__setattr__(self, "augment", training_augment_spec(self.augment))
         _check(
-            self.threads is None or self.threads >= 1, "threads", self.threads, "an integer >= 1"
+            self.threads is None or (_is_int(self.threads) and 1 <= self.threads <= MAX_THREADS),
+            "threads",
+            self.threads,
+            f"an integer in [1, {MAX_THREADS}]",
         )
 
     def replace(self, **changes: Any) -> UpdateConfig:
@@ -141,6 +196,16 @@ class UpdateConfig:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(UpdateConfig)]
+
+
+def _is_int(value: object) -> bool:
+    """A whole number given as an integer (numpy integers too; not a bool or a float)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value: object) -> bool:
+    """A real, finite number (not a bool, a string or NaN/inf)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check(ok: bool, name: str, value: object, expected: str) -> None:

@@ -87,6 +87,13 @@ class Updater:
     def memory(self) -> TensorMemory | None:
         return self.method.memory
 
+    @property
+    def feature_names(self) -> list[str] | None:
+        """The feature columns of the table the model was first trained on (None: the data
+        had no column names). Later tables are read by these names, in this order."""
+        names = (self.model_spec or {}).get("feature_names")
+        return None if names is None else [str(n) for n in names]
+
     def initialize(self, data: Any, y: Any = None) -> nn.Module:
         """Build the model for data shaped like ``data`` without training (also done by update)."""
         chunk = load_data(data, y)
@@ -107,6 +114,8 @@ class Updater:
         )
         self.model = build_model(self.model_spec, generator_seed=self.config.seed)
         self.model_spec["num_classes"] = num_outputs(self.model)
+        if chunk.feature_names is not None:  # later tables are matched by column name
+            self.model_spec["feature_names"] = list(chunk.feature_names)
 
     # -- the update ----------------------------------------------------------------------------
     def update(self, data: Any, y: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -115,7 +124,7 @@ class Updater:
         ``overrides`` change training options (lr, epochs, ...) from this update on; the fields
         that define the lineage (model, method, memory) cannot change.
         """
-        chunk = load_data(data, y).validate(name="the chunk")
+        chunk = load_data(data, y, columns=self.feature_names).validate(name="the chunk")
         previous_config = self.config
         if overrides:
             self.config = self._with_overrides(overrides)
@@ -221,7 +230,7 @@ class Updater:
     def _inference_inputs(self, x: Any) -> Tensor:
         self._require_model()
         assert self.model_spec is not None
-        tensor = load_features(x, name="inputs")
+        tensor = load_features(x, name="inputs", columns=self.feature_names)
         expected = tuple(self.model_spec["input_shape"])
         if tuple(tensor.shape[1:]) != expected:
             raise DataError(
@@ -264,13 +273,19 @@ class Updater:
         *,
         classes: Sequence[int] | None = None,
     ) -> dict[str, float]:
-        """Accuracy and cross-entropy on labelled data.
+        """Accuracy and cross-entropy on labelled data, with the row counts behind them.
 
-        ``classes``: score among these classes only (other logits set to -inf), e.g. a chunk's
-        classes for task-incremental evaluation where the task id is known.
+        Returns ``accuracy`` over all ``samples`` rows; ``loss``, the mean cross-entropy over
+        the ``loss_samples`` rows whose class the model has been trained on; and
+        ``unseen_label_rows``, the rows of classes it has never seen: they count as wrong in
+        ``accuracy`` and are left out of ``loss`` (``samples = loss_samples + unseen_label_rows``
+        without ``classes``). ``classes``: score among these classes only (other logits set to
+        -inf; rows of other classes count as wrong and leave the loss), e.g. a chunk's classes
+        for task-incremental evaluation where the task id is known.
         """
         model = self._require_model()
-        chunk = load_data(data, y).validate(name="the evaluation data")
+        chunk = load_data(data, y, columns=self.feature_names)
+        chunk = chunk.validate(name="the evaluation data")
         self._inference_inputs(chunk.x[:1])
         ctx = self._inference_context(model)
         result = evaluate_logits(
@@ -280,8 +295,15 @@ class Updater:
             torch.device("cpu"),
             model,
             classes=classes,
+            known_classes=self.seen_classes,
         )
-        return {"accuracy": result["accuracy"], "loss": result["loss"], "samples": len(chunk)}
+        return {
+            "accuracy": result["accuracy"],
+            "loss": result["loss"],
+            "samples": len(chunk),
+            "loss_samples": int(result["loss_samples"]),
+            "unseen_label_rows": int(result["unseen_label_rows"]),
+        }
 
     def _inference_context(self, model: nn.Module) -> UpdateContext:
         return UpdateContext(

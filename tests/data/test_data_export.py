@@ -60,12 +60,13 @@ def test_scenario_json(tmp_path: Path) -> None:
     assert meta["test_all_size"] == 12
 
 
-def test_reexport_removes_stale_chunks(tmp_path: Path) -> None:
+def test_reexport_with_overwrite_removes_stale_chunks(tmp_path: Path) -> None:
     export_scenario(_scenario(6), tmp_path)
-    (tmp_path / "notes.txt").write_text("mine")
-    export_scenario(_scenario(2), tmp_path)
+    export_scenario(_scenario(2), tmp_path, overwrite=True)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(
         ["train-0.npz", "test-0.npz", "train-1.npz", "test-1.npz", "test-all.npz",
-         "scenario.json", "notes.txt"]
+         "scenario.json"]
     )  # fmt: skip
+    meta = json.loads((tmp_path / "scenario.json").read_text())
+    assert sorted(meta["files"]) == [n for n in names if n != "scenario.json"]

@@ -61,7 +61,7 @@ def test_derpp_state_continues_identically_in_a_new_process(
 
 def test_der_stores_the_logits_of_the_step_that_inserted_a_row(digits_scenario: Scenario) -> None:
     """Right after each step, the rows it stored hold the pre-step model's logits of those x,
-    zero-padded to the field width, with ``width`` = the number of outputs at insertion."""
+    in a field as wide as the head, with ``width`` = the number of outputs at insertion."""
     updater = Updater(method="der", **FAST)
     method = updater.method
     assert method.memory is not None
@@ -95,7 +95,8 @@ def test_der_stores_the_logits_of_the_step_that_inserted_a_row(digits_scenario: 
     method.loss, method.after_step, memory.add = spy_loss, spy_after_step, spy_add  # type: ignore[method-assign]
     updater.update(digits_scenario.train[0])
     assert len(checked) == updater.history[-1]["train"]["steps"] and sum(checked) > 100
-    assert memory.field_spec("logits")[0] == (updater.config.max_classes,)
+    # As wide as the head, not max_classes: the state grows with the classes seen.
+    assert memory.field_spec("logits")[0] == (num_outputs(updater.model),)
 
 
 @pytest.mark.parametrize("new_columns", ["clip", "current"])

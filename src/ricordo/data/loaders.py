@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import os
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ricordo.data.dataset import ArrayDataset
+from ricordo.data.dataset import ArrayDataset, missing_features_error
 from ricordo.errors import DataError
 
 SUPPORTED_SUFFIXES = (".npz", ".csv", ".parquet")
@@ -32,6 +34,7 @@ def load_data(
     target: str | None = None,
     name: str | None = None,
     group_column: str | None = None,
+    columns: Sequence[str] | None = None,
 ) -> ArrayDataset:
     """Load ``source`` as an ``ArrayDataset`` so every layer above sees one format.
 
@@ -43,9 +46,20 @@ def load_data(
     A per-sample group (year, domain) for grouped scenarios comes from the CSV/Parquet column
     ``group_column`` (not a feature then), an optional array ``group`` in a ``.npz``, or a
     ``"group"`` key of a mapping; string groups become codes 0..G-1 in sorted order.
+
+    A table's feature columns are recorded (``feature_names``). ``columns`` names the feature
+    columns to take, in that order (those of the table a model was trained on): missing ones
+    are refused and other columns ignored. Data without column names ignores ``columns``.
     """
     if isinstance(source, (str, Path)):
-        return _load_file(Path(source), y=y, target=target, name=name, group_column=group_column)
+        return _load_file(
+            Path(source),
+            y=y,
+            target=target,
+            name=name,
+            group_column=group_column,
+            columns=columns,
+        )
     label = name or "data"
     for option, value in (("target", target), ("group_column", group_column)):
         if value is not None:
@@ -55,7 +69,7 @@ def load_data(
             )
     if isinstance(source, ArrayDataset):
         _no_y(y, label, "an ArrayDataset")
-        return source
+        return source if columns is None else source.select_features(columns, name=label)
     if isinstance(source, (np.ndarray, torch.Tensor)):
         if y is None:
             raise DataError(
@@ -103,7 +117,13 @@ def _no_y(y: Any, label: str, kind: str) -> None:
 
 
 def _load_file(
-    path: Path, *, y: Any, target: str | None, name: str | None, group_column: str | None = None
+    path: Path,
+    *,
+    y: Any,
+    target: str | None,
+    name: str | None,
+    group_column: str | None = None,
+    columns: Sequence[str] | None = None,
 ) -> ArrayDataset:
     label = name or path.name
     prefix = "" if label in (str(path), path.name) else f"{label}: "
@@ -127,8 +147,8 @@ def _load_file(
                     f"arrays 'x', 'y' (and optionally 'group'), drop {option}="
                 )
         return _load_npz(path, label)
-    columns = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
-    return _from_columns(columns, target, label, group_column)
+    table = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
+    return _from_columns(table, target, label, group_column, columns)
 
 
 def _load_npz(path: Path, label: str) -> ArrayDataset:
@@ -136,6 +156,7 @@ def _load_npz(path: Path, label: str) -> ArrayDataset:
         magic = f.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would try to unpickle anything else
         raise DataError(f"{label} is not a .npz (zip) archive; save it with np.savez(path, x=, y=)")
+    check_npz_sizes(path, label)
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = list(npz.files)
@@ -162,6 +183,98 @@ def _load_npz(path: Path, label: str) -> ArrayDataset:
             f"{label} is not a readable .npz file ({e}); re-save it with np.savez"
         ) from None
     return _from_arrays(x, y, label, group)
+
+
+def check_npz_sizes(path: Path, label: str) -> None:
+    """Refuse a ``.npz`` whose arrays declare more bytes than the archive holds, before numpy
+    allocates them: numpy trusts an array's header, so a few hundred bytes could claim 95 GiB.
+
+    Each member's declared shape x itemsize is compared with the member's uncompressed size,
+    and the total with this machine's memory (a ``.npz`` is read whole into RAM).
+    """
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    if member.read(6) != b"\x93NUMPY":
+                        continue  # np.load returns other members as bytes, never allocates
+                with archive.open(info) as member:
+                    declared, offset = _declared_npy_bytes(member, f"{label} ({info.filename})")
+                _check_declared(declared, info.file_size - offset, f"{label} ({info.filename})")
+                total += declared
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DataError(
+            f"{label} is not a readable .npz file ({e}); re-save it with np.savez"
+        ) from None
+    _check_memory(total, label)
+
+
+def _check_npy_size(path: Path, label: str) -> None:
+    """The ``.npy`` version of :func:`check_npz_sizes`: header against file size and RAM."""
+    try:
+        with path.open("rb") as f:
+            declared, offset = _declared_npy_bytes(f, label)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{label} is not a readable .npy file ({e})") from None
+    _check_declared(declared, path.stat().st_size - offset, label)
+    _check_memory(declared, label)
+
+
+def _declared_npy_bytes(f: Any, label: str) -> tuple[int, int]:
+    """(bytes the array's header declares, offset of its data) of an open ``.npy`` stream;
+    0 bytes for object arrays, which numpy refuses to load without pickle anyway."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(f)
+        else:  # 3.0 (utf-8 field names) has no public reader
+            shape, _, dtype = npy_format._read_array_header(f, version)  # noqa: SLF001
+    except (ValueError, TypeError, SyntaxError) as e:
+        raise DataError(
+            f"{label} has an unreadable array header ({e}); the file is corrupt"
+        ) from None
+    offset = f.tell()
+    if dtype.hasobject:
+        return 0, offset
+    return math.prod(int(d) for d in shape) * dtype.itemsize, offset
+
+
+def _check_declared(declared: int, held: int, label: str) -> None:
+    if declared > max(held, 0):
+        raise DataError(
+            f"{label} declares {_human(declared)} of array data but holds {_human(max(held, 0))}; "
+            "the file is corrupt; save the arrays again"
+        )
+
+
+def _check_memory(declared: int, label: str) -> None:
+    """Refuse arrays larger than this machine's physical memory (where the OS says)."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if ram > 0 and declared > ram:
+        raise DataError(
+            f"{label} holds {_human(declared)} of arrays, more than this machine's "
+            f"{_human(ram)} of memory; split it into smaller chunks"
+        )
+
+
+def _human(n: int) -> str:
+    """Bytes in a readable unit: 300 bytes, 12.0 KiB, 95.4 GiB."""
+    if n < 1024:
+        return f"{n} bytes"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def _read_csv(path: Path, label: str) -> dict[str, np.ndarray]:
@@ -232,7 +345,11 @@ def _read_parquet(path: Path, label: str) -> dict[str, np.ndarray]:
 
 
 def _from_columns(
-    columns: dict[str, np.ndarray], target: str | None, label: str, group_column: str | None = None
+    columns: dict[str, np.ndarray],
+    target: str | None,
+    label: str,
+    group_column: str | None = None,
+    wanted: Sequence[str] | None = None,
 ) -> ArrayDataset:
     names = list(columns)
     if target is None:
@@ -249,6 +366,11 @@ def _from_columns(
     if group_column == target:
         raise DataError(f"{label}: group_column and target are both {target!r}; pick two columns")
     features = [c for c in names if c not in (target, group_column)]
+    if wanted is not None:  # by name, in the trained order; other columns are ignored
+        missing = [c for c in wanted if c not in features]
+        if missing:
+            raise missing_features_error(label, missing)
+        features = list(wanted)
     if not features:
         raise DataError(f"{label} has only the label column {target!r}; it needs feature columns")
     bad = [c for c in features if columns[c].dtype.kind not in "biuf"]
@@ -262,7 +384,7 @@ def _from_columns(
     group = None
     if group_column is not None:
         group = _group(columns[group_column], f"column {group_column!r}", len(y))
-    return ArrayDataset(torch.from_numpy(x), y, group)
+    return ArrayDataset(torch.from_numpy(x), y, group, tuple(features))
 
 
 # ---------------------------------------------------------------------------------- arrays
@@ -454,22 +576,34 @@ def _from_torch_dataset(ds: torch.utils.data.Dataset, label: str) -> ArrayDatase
 
 
 def load_features(
-    source: Any, *, target: str | None = None, name: str | None = None
+    source: Any,
+    *,
+    target: str | None = None,
+    name: str | None = None,
+    columns: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Features for prediction, where labels are optional: ``.npy``, ``.npz`` (``x``), CSV or
     Parquet (every column except ``target`` when it is present), arrays, tensors or any input
     :func:`load_data` accepts.
+
+    ``columns``: the feature columns a model was trained on (``ArrayDataset.feature_names``);
+    a table then gives exactly these columns, chosen by name and in this order (missing ones are
+    refused, others ignored). Inputs without column names are taken by position.
     """
     if not isinstance(source, (str, Path)):
         if isinstance(source, (np.ndarray, torch.Tensor, list)):
             return _features(source, name or "inputs")
-        return load_data(source, name=name).x
+        data = load_data(source, name=name)
+        if columns is not None:
+            data = data.select_features(columns, name=name or "inputs")
+        return data.x
     path = Path(source)
     label = name or path.name
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".csv", ".parquet") or not path.is_file():
         return load_data(path, target=target, name=name).x
     if suffix == ".npy":
+        _check_npy_size(path, label)
         try:
             array = np.load(path, allow_pickle=False)
         except ValueError as e:
@@ -480,6 +614,7 @@ def load_features(
             raise DataError(f"{label} is not a readable .npy file ({e})") from None
         return _features(array, label)
     if suffix == ".npz":
+        check_npz_sizes(path, label)
         try:
             with np.load(path, allow_pickle=False) as archive:
                 if "y" not in archive.files and "x" in archive.files:
@@ -487,8 +622,14 @@ def load_features(
         except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             pass  # load_data below gives the detailed message
         return load_data(path, name=name).x
-    columns = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
-    features = {k: v for k, v in columns.items() if k != target}
+    table = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
+    if columns is not None:
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise missing_features_error(label, missing)
+        features = {c: table[c] for c in columns}
+    else:
+        features = {k: v for k, v in table.items() if k != target}
     bad = [c for c, v in features.items() if v.dtype.kind not in "biuf"]
     if bad:
         raise DataError(

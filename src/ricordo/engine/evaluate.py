@@ -1,4 +1,4 @@
-"""Batched evaluation: accuracy and cross-entropy, robust to labels the model has no output for."""
+"""Batched evaluation: accuracy and cross-entropy, robust to labels the model has never seen."""
 
 from __future__ import annotations
 
@@ -20,33 +20,48 @@ def evaluate_logits(
     model: nn.Module,
     *,
     classes: Sequence[int] | None = None,
+    known_classes: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """Accuracy and mean loss of ``predict`` (x -> logits) on ``data``.
+    """Accuracy and mean loss of ``predict`` (x -> logits) on ``data``, with the row counts.
 
-    A label beyond the model's outputs (a class not seen yet) counts as an error and is left out
-    of the loss, so unseen chunks can be evaluated (forward transfer needs them). ``classes``
-    restricts the prediction to those classes (the other logits are set to -inf, as in
-    task-incremental evaluation); labels outside them count as errors and are left out of the
-    loss.
+    A row whose label the model has never been trained on (not in ``known_classes``; by default,
+    a label beyond the model's outputs) counts as an error and is left out of the loss, so
+    unseen chunks can be evaluated (forward transfer needs them). ``classes`` restricts the
+    prediction to those classes (the other logits are set to -inf, as in task-incremental
+    evaluation); labels outside them count as errors and are left out of the loss too.
+
+    Returns ``accuracy`` (over all ``samples`` rows), ``loss`` (mean over the ``loss_samples``
+    rows in it; NaN if none) and ``unseen_label_rows``; without ``classes``,
+    ``samples == loss_samples + unseen_label_rows``.
     """
     was_training = model.training
     model.eval()
-    correct, loss_sum, loss_count = 0, 0.0, 0
+    correct, loss_sum, loss_count, unseen = 0, 0.0, 0, 0
     for start in range(0, len(data), batch_size):
         # Inputs follow the model's dtype (a bf16-true model gets bf16 inputs).
         x = data.x[start : start + batch_size].to(device, dtype=input_dtype(model))
         y = data.y[start : start + batch_size].to(device)
         logits = predict(x).float()
-        known = y < logits.shape[1]
+        outputs = logits.shape[1]
+        known = y < outputs
+        if known_classes is not None:
+            trained = torch.zeros(outputs, dtype=torch.bool, device=logits.device)
+            trained[[int(c) for c in known_classes if 0 <= int(c) < outputs]] = True
+            known = known & trained[y.clamp(0, outputs - 1)]
+        unseen += int((~known).sum())
         if classes is not None:
-            allowed = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-            ids = [int(c) for c in classes if 0 <= int(c) < logits.shape[1]]
+            allowed = torch.zeros(outputs, dtype=torch.bool, device=logits.device)
+            ids = [int(c) for c in classes if 0 <= int(c) < outputs]
             allowed[ids] = True
             logits = logits.masked_fill(~allowed, float("-inf"))
-            known = known & allowed[y.clamp(0, logits.shape[1] - 1)]
             if not ids:  # every logit is -inf: no prediction can be right
                 continue
-        correct += int((logits.argmax(1) == y).sum())
+            known = known & allowed[y.clamp(0, outputs - 1)]
+        # Rows of classes the model never learnt are wrong, whatever their untrained column says.
+        hit = logits.argmax(1) == y
+        if known_classes is not None:
+            hit = hit & trained[y.clamp(0, outputs - 1)]
+        correct += int(hit.sum())
         if bool(known.any()):
             loss_sum += float(F.cross_entropy(logits[known], y[known], reduction="sum"))
             loss_count += int(known.sum())
@@ -55,6 +70,8 @@ def evaluate_logits(
         "accuracy": correct / max(1, len(data)),
         "loss": loss_sum / loss_count if loss_count else float("nan"),
         "samples": float(len(data)),
+        "loss_samples": loss_count,
+        "unseen_label_rows": unseen,
     }
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import operator
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -28,6 +29,8 @@ __all__ = ["TensorMemory"]
 _RANDPERM_MAX_ROWS = 1024
 # Up to this many sampled rows, duplicate rejection runs on Python ints (see sample_indices).
 _SAMPLE_LOOP_MAX = 256
+# A bounded memory whose capacity needs more than this starts small and grows by doubling.
+_PREALLOCATE_MAX_BYTES = 1 << 30
 
 
 class TensorMemory:
@@ -82,6 +85,7 @@ class TensorMemory:
         self._size = 0
         self._seen = 0
         self._exports: list[str] = []  # export files of the last to_files (memory-mapped only)
+        self._closed = False  # inside closed(): add() stores and counts nothing
 
     # ---------------------------------------------------------------- properties
 
@@ -137,6 +141,8 @@ class TensorMemory:
     def add(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Offer a batch of rows; return each row's slot (int64, CPU), or -1 where not stored."""
         n = self._check_batch(batch)
+        if self._closed:
+            return torch.full((n,), -1, dtype=torch.int64)
         labels = None
         if self._policy.needs_labels:
             if self.label_field not in batch:
@@ -149,7 +155,7 @@ class TensorMemory:
             seen=self._seen, size=self._size, n=n, labels=labels, generator=self.generator
         )
         if not self._data:  # after place: a batch the policy rejects does not fix the fields
-            self._allocate(batch, self._initial_rows(n))
+            self._allocate(batch, self._initial_rows(n, batch))
         result = torch.full((n,), -1, dtype=torch.int64)
         k = slots.numel()
         if k:
@@ -161,6 +167,18 @@ class TensorMemory:
             result[rows] = slots
         self._seen += n
         return result
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator[None]:
+        """Inside the block ``add`` stores nothing and does not count the rows as seen (it
+        returns -1 for each). The engine closes the memory after an update's first epoch with
+        ``memory_insert="once"``, so each row is offered once and a reservoir stays a uniform
+        sample of the distinct rows rather than favouring rows offered every epoch."""
+        previous, self._closed = self._closed, True
+        try:
+            yield
+        finally:
+            self._closed = previous
 
     def _write(self, batch: Mapping[str, Tensor], slots: Tensor, rows: Tensor, n: int) -> None:
         """Copy ``batch[rows]`` into ``slots`` of every field (detached, on the memory device)."""
@@ -224,10 +242,18 @@ class TensorMemory:
         assert n is not None
         return n
 
-    def _initial_rows(self, n: int) -> int:
-        # Bounded memories allocate their capacity once (torch.empty: the OS commits pages only
-        # when written); unbounded ones start small and double.
-        return self.capacity if self.capacity is not None else max(n, 16)
+    def _initial_rows(self, n: int, template: Mapping[str, Tensor]) -> int:
+        # Bounded memories allocate their capacity once (torch.empty or a sparse file: pages are
+        # committed only when written), except in RAM above _PREALLOCATE_MAX_BYTES, where
+        # --memory-size 10**12 would fail to allocate before storing a row; those and unbounded
+        # memories start small and double up to the capacity.
+        row_bytes = sum(math.prod(v.shape[1:]) * v.element_size() for v in template.values())
+        if self.capacity is not None and (
+            self.storage == "mmap" or self.capacity * row_bytes <= _PREALLOCATE_MAX_BYTES
+        ):
+            return self.capacity
+        rows = max(n, 16)
+        return rows if self.capacity is None else min(rows, self.capacity)
 
     def _allocate(self, template: Mapping[str, Tensor], rows: int) -> None:
         self._data = {
@@ -321,6 +347,26 @@ class TensorMemory:
                 0, index, values.detach().to(self.device, storage.dtype)
             )
 
+    def widen_field(self, name: str, width: int) -> None:
+        """Make a field of 1-D rows (e.g. DER's stored logits) at least ``width`` columns wide;
+        stored rows get zeros in the new columns. Lets a field grow with a model's output
+        layer instead of being allocated at its largest possible width up front."""
+        storage = self._field(name)
+        if storage.ndim != 2:
+            raise DataError(
+                f"memory field {name!r} has rows of shape {tuple(storage.shape[1:])}; only "
+                "fields of 1-D rows can be widened"
+            )
+        old = storage.shape[1]
+        if width <= old:
+            return
+        wider = self._new_storage(storage.shape[0], (width,), storage.dtype)
+        with torch.no_grad():
+            wider[: self._size, old:] = 0
+        copy_rows(wider[:, :old], storage, self._size)
+        self._data[name] = wider
+        self._storage.free(storage)
+
     def add_field(self, name: str, fill: Tensor) -> None:
         """Add a field to a memory that already has fields; stored rows get the row ``fill``."""
         if not self._data:
@@ -407,7 +453,7 @@ class TensorMemory:
             )
         if not self._data:
             assert candidates is not None
-            self._allocate(candidates, self._initial_rows(picks.numel()))
+            self._allocate(candidates, self._initial_rows(picks.numel(), candidates))
         rows = max(self._rows_allocated(), picks.numel())
         step = 4096
         for name, storage in list(self._data.items()):

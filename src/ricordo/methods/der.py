@@ -30,8 +30,10 @@ alpha=1 and clipping it matches ER at 20 epochs (85.8 ± 5.1 vs 85.5 ± 1.9; mem
 vs 88.6 ± 1.7). In very short updates it still trails ER (5 epochs, seeds 0-2: 37.0 vs 55.1,
 was 19.1); DER++'s replay cross-entropy suits those better.
 
-The ``logits`` field is ``max_classes`` wide (fixed at the first insertion), zero-padded, and
-``width`` counts each row's valid columns; the MSE averages over valid entries only.
+The ``logits`` field is as wide as the model's output layer: it is widened (zero-padded) when
+the head grows, and ``width`` counts each row's valid columns; the MSE averages over valid
+entries only. (It used to be ``max_classes`` wide from the first insertion: ``--max-classes
+1000000`` turned a 290-row chunk into a 1.1 GB state.) States written that way still load.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class DarkExperienceReplay(ExperienceReplay):
         if memory is None or len(memory) == 0:
             return
         k = num_outputs(ctx.model)
+        memory.widen_field("logits", k)  # the head grew: room for the new columns' targets
         narrow = torch.nonzero(memory.get()["width"] < k).flatten()
         if not len(narrow):
             return
@@ -164,13 +167,10 @@ class DarkExperienceReplay(ExperienceReplay):
         assert self.memory is not None and self._inserted is not None
         logits, self._inserted = self._inserted, None
         n, k = logits.shape
-        width = self.memory.field_spec("logits")[0][0] if self.memory.fields else None
-        width = width or max(ctx.config.max_classes, k)
-        if k > width:
-            raise ConfigError(
-                f"the model has {k} outputs but method {self.name!r} stores logits for at most "
-                f"{width} (max_classes); start a lineage with a larger --max-classes"
-            )
+        width = k
+        if self.memory.fields:
+            self.memory.widen_field("logits", k)
+            width = self.memory.field_spec("logits")[0][0]  # wider in states from older versions
         padded = logits.new_zeros(n, width)
         padded[:, :k] = logits
         widths = torch.full((n,), k, dtype=torch.int64)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 from collections.abc import Callable, Sequence
 from math import prod
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,6 +16,10 @@ from ricordo.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: Registry[ModelFactory] = Registry("model")
+
+# The most parameters a built-in model may have (8 GiB of float32 weights, before gradients
+# and optimiser state): --hidden 1000000000 is a typo, refused before anything is allocated.
+MAX_PARAMETERS = 2**31
 
 
 class Normalize(nn.Module):
@@ -98,3 +105,68 @@ def cnn(
         channels = out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     return nn.Sequential(*layers)
+
+
+def build_builtin(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int],
+    options: dict[str, Any],
+) -> nn.Module:
+    """Build a built-in model after checking its options and size, so a bad ``--model-option``
+    or an absurd ``--hidden`` is one line instead of a TypeError or a failed allocation."""
+    factory = MODELS.get(name)
+    check_options(name, factory, options)
+    count = parameter_count(name, input_shape, num_classes, hidden)
+    limit = min(MAX_PARAMETERS, _physical_memory() // 4 or MAX_PARAMETERS)
+    if count > limit:
+        raise ConfigError(
+            f"model {name!r} with --hidden {','.join(map(str, hidden))} on inputs "
+            f"{tuple(input_shape)} would have {count:,} parameters, over the limit of "
+            f"{limit:,} (2**31, or this machine's memory in float32 weights); use smaller "
+            "layers"
+        )
+    return factory(input_shape, num_classes, hidden=tuple(hidden), **options)
+
+
+def check_options(name: str, factory: ModelFactory, options: dict[str, Any]) -> None:
+    """Refuse ``--model-option`` keys the built-in factory does not take, listing those it does."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"model {name!r} options must be a mapping of k=v, got {options!r}")
+    fixed = ("input_shape", "num_classes", "hidden")
+    accepted = [p for p in inspect.signature(factory).parameters if p not in fixed]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} has no option(s) {unknown}; its --model-option keys: "
+            f"{', '.join(accepted) or 'none'} (--hidden sets the layer sizes)"
+        )
+
+
+def parameter_count(
+    name: str, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int]
+) -> int:
+    """Parameters of the built-in ``mlp`` or ``cnn`` for these shapes, computed without
+    building it (0 for a model this function does not know)."""
+    if name == "mlp":
+        count, width = 0, prod(int(d) for d in input_shape)
+        for size in (*hidden, num_classes):
+            count += (width + 1) * int(size)
+            width = int(size)
+        return count
+    if name == "cnn" and len(input_shape) == 3:
+        count, channels = 0, int(input_shape[0])
+        for out in hidden:  # conv 3x3 + bias, then batch norm's weight and bias
+            count += (9 * channels + 1) * int(out) + 2 * int(out)
+            channels = int(out)
+        return count + (channels + 1) * num_classes
+    return 0
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM, where the OS says (0 when unknown)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 0

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ricordo.errors import ConfigError
-from ricordo.models.builtin import MODELS
+from ricordo.models.builtin import MODELS, build_builtin
 from ricordo.models.head import grow_output_layer, num_outputs
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,13 @@ def build_model(spec: dict[str, Any], generator_seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)
         if spec["kind"] == "builtin":
-            factory = MODELS.get(spec["name"])
-            model = factory(
+            # Options and size are checked before anything is allocated (models.builtin).
+            model = build_builtin(
+                spec["name"],
                 spec["input_shape"],
                 spec["num_classes"],
-                hidden=tuple(spec["hidden"]),
-                **spec["options"],
+                spec["hidden"],
+                spec["options"],
             )
         else:
             model = _model_from_config(spec)
