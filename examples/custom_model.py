@@ -1,13 +1,18 @@
 """A user model from a config file: ``model_fn(**kwargs)`` returns any nn.Module ending in Linear.
 
-Ricordo stores the file's path and sha256 in the state and rebuilds the model from it on load;
-the last nn.Linear grows when new classes arrive.
+The state records this file's name and sha256, never its path, and never runs it: every job that
+loads the state passes the file again with --config (in Python: Updater.load(url, model=path)),
+and its sha256 must match (--accept-model-change takes an edited file on purpose). The last
+nn.Linear grows when new classes arrive. An importable module works too:
+--config mypackage.models:model_fn.
 
 CLI:
     ricordo data digits --out chunks
     ricordo update --data chunks/train-0.npz --next-state state/v0 \
         --config examples/custom_model.py --model-option width=64 --method er
-    ricordo update --data chunks/train-1.npz --state state/v0 --next-state state/v1
+    ricordo update --data chunks/train-1.npz --state state/v0 --next-state state/v1 \
+        --config examples/custom_model.py
+    ricordo evaluate --state state/v1 --data chunks/test-all.npz --config examples/custom_model.py
 """
 
 from __future__ import annotations

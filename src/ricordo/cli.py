@@ -31,7 +31,28 @@ Hidden = Annotated[
     str | None, typer.Option(help="Hidden sizes (mlp) or channels (cnn), e.g. 256,128.")
 ]
 ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="Python file defining model_fn(**kwargs).")
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Your model: a Python file defining model_fn(**kwargs), or an importable "
+        "module:function. With --state: the code the state was trained with (a state never "
+        "runs code; its sha256 must match).",
+    ),
+]
+StateModelCode = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="The model code the state was trained with (.py file or module:function), needed "
+        "when its model is your own code: a state never runs code; its sha256 must match.",
+    ),
+]
+AcceptModelChange = Annotated[
+    bool,
+    typer.Option(
+        "--accept-model-change",
+        help="Use --config even though its sha256 differs from the one the state recorded.",
+    ),
 ]
 ModelOption = Annotated[
     list[str] | None, typer.Option("--model-option", help="k=v passed to model_fn; repeat.")
@@ -147,12 +168,59 @@ def _options(**given: Any) -> dict[str, Any]:
                 f"--hidden {given['hidden']!r} must be comma-separated integers, e.g. 256,128"
             ) from None
     if "config" in options:
-        # Resolved, so the same file named from another directory is the same lineage option.
-        options["config"] = str(Path(options["config"]).expanduser().resolve())
+        # A file is resolved (benchmark runs may start elsewhere); module:function stays as is.
+        path = Path(options["config"]).expanduser()
+        options["config"] = str(path.resolve()) if path.is_file() else str(options["config"])
     for key in ("params", "model_options"):
         if key in options and not options[key]:
             del options[key]
     return options
+
+
+def _persistent(url: str, flag: str) -> None:
+    """Refuse a state on a filesystem that lives only in this process (``memory://``): it would
+    vanish when the command exits. Python keeps them (tests, notebooks)."""
+    from ricordo.state.fs import resolve
+
+    if resolve(url).is_process_local:
+        raise ConfigError(
+            f"{flag} {url} is on a filesystem that lives only inside this ricordo process and "
+            "vanishes when it exits; use a local path or a persistent URL such as s3://..."
+        )
+
+
+def _model_code(config: Path | str | None, accept_model_change: bool) -> str | None:
+    """The --config given to a command that loads a state (None: none given)."""
+    if accept_model_change and config is None:
+        raise ConfigError(
+            "--accept-model-change needs --config: the model code to use instead of the state's"
+        )
+    return None if config is None else str(config)
+
+
+def _check_output(output: Path, *, data: str, overwrite: bool) -> None:
+    """Before any work: an --output never replaces the input data or a file inside a state,
+    and replaces another existing file only with --overwrite."""
+    import os
+
+    from ricordo.state import enclosing_state
+
+    real = os.path.realpath(output)  # links resolved: a link into a state is inside it
+    if os.path.exists(data) and real == os.path.realpath(data):
+        raise ConfigError(f"--output {output} is the input --data file; write to another file")
+    outer = enclosing_state(real)
+    if outer is not None:
+        raise ConfigError(
+            f"--output {output} is inside the state at {outer}, which holds only the files its "
+            "manifest lists; write outside it"
+        )
+    if os.path.isdir(real):
+        raise ConfigError(f"--output {output} is a folder; name a file")
+    if os.path.lexists(output) and not overwrite:
+        raise ConfigError(
+            f"--output {output} already exists; pass --overwrite to replace it or choose "
+            "another file"
+        )
 
 
 @app.command()
@@ -238,6 +306,7 @@ def update(
     model: Model = None,
     hidden: Hidden = None,
     config: ConfigFile = None,
+    accept_model_change: AcceptModelChange = False,
     model_option: ModelOption = None,
     method: Annotated[str | None, typer.Option(help="CL method, e.g. er.")] = None,
     param: Param = None,
@@ -270,16 +339,29 @@ def update(
     from ricordo.config import UpdateConfig
     from ricordo.data import load_data
     from ricordo.state import check_writable
+    from ricordo.state.fs import same_location
     from ricordo.updater import Updater
 
     options = _config_options(locals())
     # Fail before training, not after it, when the result could not be written.
+    _persistent(next_state, "--next-state")
+    if state is not None:
+        _persistent(state, "--state")
+        if same_location(state, next_state):
+            raise ConfigError(
+                f"--next-state {next_state} is --state {state}: the new state must not replace "
+                "its own parent; write it to a new path"
+            )
+    elif accept_model_change:
+        raise ConfigError("--accept-model-change applies when continuing a --state")
     check_writable(next_state, overwrite=overwrite)
     if state is None:
         updater = Updater(UpdateConfig(**options))
         record = updater.update(load_data(data, target=target, name=data))
     else:
-        updater = Updater.load(state)
+        # --config names the code the state was trained with (checked by hash), not a change.
+        code = _model_code(options.pop("config", None), accept_model_change)
+        updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
         # A state trained on a table reads the chunk's columns by name (others are ignored).
         chunk = load_data(data, target=target, name=data, columns=updater.feature_names)
         record = updater.update(chunk, **options)
@@ -298,12 +380,19 @@ def evaluate(
     data: Annotated[str, typer.Option(help="Labelled data: .npz, .csv or .parquet.")],
     target: Target = None,
     output: Annotated[Path | None, typer.Option(help="Write the metrics as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    config: StateModelCode = None,
+    accept_model_change: AcceptModelChange = False,
 ) -> None:
     """Print accuracy and loss of a state on labelled data."""
     from ricordo.data import load_data
     from ricordo.updater import Updater
 
-    updater = Updater.load(state)
+    _persistent(state, "--state")
+    if output is not None:
+        _check_output(output, data=data, overwrite=overwrite)
+    code = _model_code(config, accept_model_change)
+    updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
     chunk = load_data(data, target=target, name=data, columns=updater.feature_names)
     result = {"state": state, "data": data, **updater.evaluate(chunk)}
     if output is not None:
@@ -332,6 +421,9 @@ def predict(
     probabilities: Annotated[
         bool, typer.Option(help="Write class probabilities instead of class ids.")
     ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
+    config: StateModelCode = None,
+    accept_model_change: AcceptModelChange = False,
 ) -> None:
     """Write predicted class ids (or probabilities) for new inputs as .npy."""
     import numpy as np
@@ -339,7 +431,10 @@ def predict(
     from ricordo.data.loaders import load_features
     from ricordo.updater import Updater
 
-    updater = Updater.load(state)
+    _persistent(state, "--state")
+    _check_output(output, data=data, overwrite=overwrite)
+    code = _model_code(config, accept_model_change)
+    updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
     inputs = load_features(data, target=target, name=data, columns=updater.feature_names)
     result = updater.predict_proba(inputs) if probabilities else updater.predict(inputs)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -359,13 +454,14 @@ def info(
     """Describe a state: method, model, memory, lineage and update history."""
     from ricordo.state import read_manifest
 
+    _persistent(state, "STATE")
     manifest = read_manifest(state)
     if as_json:
         typer.echo(json.dumps(manifest, indent=1))
         return
     meta = manifest["meta"]
     spec = meta.get("model_spec") or {}
-    model = spec.get("name") or spec.get("path")
+    model = _model_label(spec)
     memory = meta.get("memory")
     lines = [
         f"state        {state}",
@@ -387,6 +483,21 @@ def info(
         f"{sum(f['size'] for f in manifest['files'].values())} bytes",
     ]
     typer.echo("\n".join(lines))
+
+
+def _model_label(spec: dict[str, Any]) -> str:
+    """The model line of ``ricordo info``: a built-in name, or the user code the state needs."""
+    kind = spec.get("kind")
+    if kind not in ("code", "config"):
+        return str(spec.get("name"))
+    if kind == "config":  # older states: an absolute path, shown by its name only
+        name = Path(str(spec.get("path"))).name
+    elif spec.get("source_type") == "file":
+        name = str(spec.get("source"))
+    else:
+        name = f"{spec.get('source')}:{spec.get('function')}"
+    sha = spec.get("sha256")
+    return f"your code {name} (sha256 {sha[:12] if isinstance(sha, str) else 'unknown'})"
 
 
 @app.command(name="list")

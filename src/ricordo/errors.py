@@ -39,5 +39,11 @@ class StateLockedError(StateError):
     """Another live job holds the lock on the state being written."""
 
 
+class ModelCodeError(StateError):
+    """A state's model is built by user code that was not passed, or whose sha256 differs from
+    the one the state recorded (a state never runs code it names; the user supplies it)."""
+
+
 class TrainingDivergedError(RicordoError):
-    """The loss became NaN or infinite; no state was written."""
+    """The loss became NaN or infinite, or diverged (see engine.loop.DivergenceGuard); no state
+    was written."""

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -27,11 +28,22 @@ from ricordo.data.dataset import ArrayDataset
 from ricordo.data.loaders import load_data, load_features
 from ricordo.engine.evaluate import evaluate_logits, input_dtype
 from ricordo.engine.loop import TrainReport, train_update
-from ricordo.errors import ConfigError, DataError, StateCorruptError
+from ricordo.errors import ConfigError, DataError, RicordoError, StateCorruptError, StateError
 from ricordo.memory import TensorMemory
 from ricordo.methods import METHODS, Method, UpdateContext, params_to_dict, parse_params
-from ricordo.models import build_model, grow_output_layer, make_spec, num_outputs
-from ricordo.state import read_state, write_state
+from ricordo.models import (
+    ModelCode,
+    bind_code,
+    build_model,
+    grow_output_layer,
+    make_spec,
+    num_outputs,
+    resolve_code,
+)
+from ricordo.models.code import ModelSource
+from ricordo.models.spec import code_reference, recorded_code
+from ricordo.state import LoadedState, read_state, state_changed, write_state
+from ricordo.state.fs import same_location
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,8 @@ MODEL_FILE = "model.safetensors"
 METHOD_TENSORS = "method.safetensors"
 METHOD_JSON = "method.json"
 HISTORY_FILE = "history.json"
+# A load whose lazily read memory files change under it (a writer replaced the state) starts over.
+LOAD_ATTEMPTS = 5
 
 
 class Updater:
@@ -46,9 +60,17 @@ class Updater:
 
     >>> updater = Updater(method="er", memory_size=200, epochs=5)   # doctest: +SKIP
     >>> updater.update(train_chunk); updater.save("state/v0")      # doctest: +SKIP
+
+    ``config`` is an UpdateConfig, or (like the CLI's ``--config``) your model code: a .py file
+    defining ``model_fn(**kwargs)`` or ``"module:function"``.
     """
 
-    def __init__(self, config: UpdateConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self, config: UpdateConfig | str | os.PathLike[str] | None = None, **options: Any
+    ) -> None:
+        if isinstance(config, (str, os.PathLike)):  # Updater(config="custom_model.py")
+            options = {"config": os.fspath(config), **options}
+            config = None
         base = config or UpdateConfig()
         self.config = base.replace(**options) if options else base
         method_cls = METHODS.get(self.config.method)
@@ -104,16 +126,21 @@ class Updater:
 
     def _build_first_model(self, chunk: ArrayDataset) -> None:
         num_classes = max(chunk.classes()) + 1
+        code = None if self.config.config is None else resolve_code(self.config.config)
         self.model_spec = make_spec(
             model=self.config.model,
             input_shape=chunk.feature_shape,
             num_classes=num_classes,
             hidden=self.config.hidden,
-            config=self.config.config,
+            config=code,
             options=self.config.model_options,
         )
-        self.model = build_model(self.model_spec, generator_seed=self.config.seed)
+        self.model = build_model(self.model_spec, generator_seed=self.config.seed, code=code)
         self.model_spec["num_classes"] = num_outputs(self.model)
+        if code is not None:
+            # The state and its history record the portable reference (custom_model.py or
+            # pkg.mod:make_model), never where the file is on this machine.
+            self.config = self.config.replace(config=code.reference)
         if chunk.feature_names is not None:  # later tables are matched by column name
             self.model_spec["feature_names"] = list(chunk.feature_names)
 
@@ -318,8 +345,18 @@ class Updater:
 
     # -- state ---------------------------------------------------------------------------------
     def save(self, url: str, *, overwrite: bool = False) -> dict[str, Any]:
-        """Write the state atomically to ``url`` (path or fsspec URL); returns the manifest."""
+        """Write the state atomically to ``url`` (path or fsspec URL); returns the manifest.
+
+        ``overwrite=True`` replaces a state at ``url``, but never the state this Updater was
+        loaded from: the new state records it as its parent.
+        """
         model = self._require_model()
+        if self.source_url is not None and same_location(url, self.source_url):
+            raise StateError(
+                f"cannot save to {url}: it is the state this Updater was loaded from, the new "
+                "state's parent, which must stay intact; save to a new location "
+                "(CLI: a --next-state other than --state)"
+            )
         files: dict[str, bytes] = {
             MODEL_FILE: save_tensors(_contiguous(model.state_dict())),
             METHOD_TENSORS: save_tensors(_contiguous(self.method.state_tensors())),
@@ -350,28 +387,67 @@ class Updater:
                 self.memory.release_exports()
 
     @classmethod
-    def load(cls, url: str) -> Updater:
-        """Read a state written by :meth:`save`, verifying every checksum."""
-        # The memory's files (local states) are verified in chunks and come back as paths: an
-        # mmap memory maps its .npy files instead of reading them whole.
-        state = read_state(url, lazy_prefixes=("memory/",))
-        meta = state.meta
+    def load(
+        cls,
+        url: str,
+        *,
+        model: ModelSource | None = None,
+        accept_model_change: bool = False,
+    ) -> Updater:
+        """Read a state written by :meth:`save`, verifying every checksum.
+
+        A state never runs code. If its model was built by your code, pass that code as
+        ``model``: a .py file defining ``model_fn``, ``"module:function"``, a callable, or an
+        ``nn.Module`` (the state's weights are loaded into it). Its sha256 (of the source file)
+        must equal the one the state recorded; ``accept_model_change=True`` takes different code
+        anyway (logged), and the next saved state records it.
+        """
+        code = None if model is None else resolve_code(model)
+        for attempt in range(1, LOAD_ATTEMPTS + 1):
+            # The memory's files (local states) are verified in chunks and come back as paths:
+            # an mmap memory maps its .npy files instead of reading them whole.
+            state = read_state(url, lazy_prefixes=("memory/",))
+            try:
+                updater = cls._from_state(state, code, accept_model_change)
+            except (StateCorruptError, OSError):
+                # The memory's files are read only now: if a writer replaced the state since,
+                # they belong to another state; start over rather than report corruption.
+                if attempt == LOAD_ATTEMPTS or not state_changed(state):
+                    raise
+                continue
+            updater.source_url = url
+            return updater
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _from_state(
+        cls, state: LoadedState, code: ModelCode | None, accept_model_change: bool
+    ) -> Updater:
+        url, meta = state.url, state.meta
+        spec = meta.get("model_spec")
+        if not isinstance(spec, dict):
+            raise _unreadable(url, "its manifest has no model spec")
+        # Before anything is built: the user's code must be the code the state was trained with.
+        spec = bind_code(spec, code, accept_change=accept_model_change, url=url)
         try:
             config = UpdateConfig.from_dict(meta["config"])
+            recorded = recorded_code(spec)
+            # Record the portable reference (older states kept an absolute path here).
+            config = config.replace(config=None if recorded is None else code_reference(recorded))
             updater = cls(config)
-            updater.model_spec = meta["model_spec"]
+            updater.model_spec = spec
             updater.seen_classes = [int(c) for c in meta["seen_classes"]]
-            updater.history = json.loads(state.files[HISTORY_FILE])
-            model = build_model(updater.model_spec, generator_seed=config.seed)
-            weights = load_tensors(state.files[MODEL_FILE])
+            updater.history = _read_history(state)
+            model = build_model(spec, generator_seed=config.seed, code=code)
+            weights = _read_tensors(state, MODEL_FILE)
             # A model trained at --precision bf16-true / 16-true was saved in that dtype.
             dtypes = {t.dtype for t in weights.values() if t.is_floating_point()}
             if len(dtypes) == 1 and torch.float32 not in dtypes:
                 model.to(dtypes.pop())
-            model.load_state_dict(weights)
+            _load_weights(model, weights, code, url)
             updater.model = model
             updater.method.load_state(
-                load_tensors(state.files[METHOD_TENSORS]), json.loads(state.files[METHOD_JSON])
+                _read_tensors(state, METHOD_TENSORS), json.loads(state.files[METHOD_JSON])
             )
             if updater.memory is not None:
                 updater.method.memory = TensorMemory.from_files(
@@ -379,16 +455,61 @@ class Updater:
                     storage=config.memory_storage,
                     directory=config.memory_dir,
                 )
-        except (KeyError, RuntimeError, ValueError, json.JSONDecodeError) as error:
-            if isinstance(error, ConfigError):
+        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as error:
+            if isinstance(error, RicordoError):
                 raise
-            raise StateCorruptError(
-                f"state at {url} has valid checksums but cannot be rebuilt: "
-                f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}; "
-                "was it written by another program?"
+            raise _unreadable(
+                url,
+                f"cannot be rebuilt: {type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}",
             ) from None
-        updater.source_url = url
         return updater
+
+
+def _unreadable(url: str, what: str) -> StateCorruptError:
+    return StateCorruptError(
+        f"state at {url} has valid checksums but {what}; was it written by another program? "
+        "Restore it from a backup or re-run the update that wrote it"
+    )
+
+
+def _read_history(state: LoadedState) -> list[dict[str, Any]]:
+    """The update records of history.json: a JSON list of objects, or StateCorruptError."""
+    try:
+        history = json.loads(state.files[HISTORY_FILE])
+    except (UnicodeDecodeError, ValueError):
+        raise _unreadable(state.url, f"{HISTORY_FILE} is not valid JSON") from None
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise _unreadable(
+            state.url, f"{HISTORY_FILE} is not a list of update records ({type(history).__name__})"
+        )
+    return history
+
+
+def _read_tensors(state: LoadedState, name: str) -> dict[str, Tensor]:
+    try:
+        return load_tensors(state.files[name])
+    except KeyError:
+        raise
+    except Exception as error:  # SafetensorError, which safetensors does not export everywhere
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _unreadable(state.url, f"{name} is not a safetensors file ({detail})") from None
+
+
+def _load_weights(
+    model: nn.Module, weights: dict[str, Tensor], code: ModelCode | None, url: str
+) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        if code is None:
+            raise
+        detail = " ".join(str(error).split())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise ConfigError(
+            f"the model built by {code.reference} does not fit the weights of the state at "
+            f"{url} ({detail}); pass the model code the state was trained with"
+        ) from None
 
 
 def fingerprint(data: ArrayDataset) -> str:

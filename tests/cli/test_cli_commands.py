@@ -512,7 +512,8 @@ def test_user_model_from_config_file_continues_in_new_process(
     assert weights["1.weight"].shape == (16, 64)  # width=16 reached model_fn
     assert weights["3.weight"].shape == (7, 16)  # labels 4 and 6: outputs 0..6
 
-    # A new process rebuilds the user's model from the state and continues the lineage.
+    # A new process rebuilds the user's model from the code the user passes again (a state
+    # never runs code it names) and continues the lineage.
     result = cli_proc(
         "update",
         "--data",
@@ -521,6 +522,8 @@ def test_user_model_from_config_file_continues_in_new_process(
         states / "v0",
         "--next-state",
         states / "v1",
+        "--config",
+        config,
         "--epochs",
         "2",
     )
@@ -530,9 +533,9 @@ def test_user_model_from_config_file_continues_in_new_process(
     assert weights["1.weight"].shape == (16, 64)
     assert weights["3.weight"].shape == (8, 16)  # grew for label 7
     meta = json.loads((states / "v1" / "manifest.json").read_text())["meta"]
-    assert meta["model_spec"]["kind"] == "config"
+    assert meta["model_spec"]["kind"] == "code"
     assert meta["model_spec"]["options"] == {"width": 16}
-    assert meta["model_spec"]["path"] == str(config.resolve())
+    assert meta["model_spec"]["source"] == "cfg.py"  # portable: no path of this machine
     assert meta["seen_classes"] == [2, 4, 6, 7]
     metrics_file = tmp_path / "m.json"
     _ok(
@@ -544,6 +547,8 @@ def test_user_model_from_config_file_continues_in_new_process(
             chunks / "test-1.npz",
             "--output",
             metrics_file,
+            "--config",
+            config,
         )
     )
     assert json.loads(metrics_file.read_text())["accuracy"] > 0.5

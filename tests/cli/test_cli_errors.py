@@ -161,7 +161,7 @@ UPDATE_ERRORS = {
     ),
     "next-state-is-the-state-itself": (
         ["--data", "{chunks}/train-1.npz", "--state", "{states}/v0", "--next-state", "{states}/v0"],
-        ["state already exists", "--overwrite"],
+        ["is --state", "must not replace its own parent"],
     ),
     "loss-becomes-nan-first-update": (
         ["--data", "{chunks}/train-0.npz", "--lr", "1e30"],

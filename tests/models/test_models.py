@@ -1,5 +1,7 @@
 """Built-in models, model specs (rebuild from JSON), user config files and head growth."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,14 @@ import torch
 from torch import nn
 
 from ricordo.errors import ConfigError
-from ricordo.models import build_model, grow_output_layer, make_spec, num_outputs, output_layer
+from ricordo.models import (
+    build_model,
+    grow_output_layer,
+    make_spec,
+    num_outputs,
+    output_layer,
+    resolve_code,
+)
 
 
 def spec(**overrides: object) -> dict:
@@ -78,9 +87,13 @@ def model_fn(input_shape, num_classes, width: int = 8):
 def test_config_file_model_is_rebuilt_from_its_spec(tmp_path: Path) -> None:
     path = tmp_path / "cfg.py"
     path.write_text(CONFIG)
-    described = spec(config=str(path), options={"width": 4}, num_classes=3)
-    assert described["kind"] == "config" and described["path"] == str(path.resolve())
-    model = build_model(described, generator_seed=0)
+    code = resolve_code(str(path))
+    described = spec(config=code, options={"width": 4}, num_classes=3)
+    # A portable reference: the file's name and hash, never this machine's path.
+    assert described["kind"] == "code" and described["source"] == "cfg.py"
+    assert described["sha256"] == hashlib.sha256(CONFIG.encode()).hexdigest()
+    assert str(tmp_path) not in json.dumps(described)
+    model = build_model(described, generator_seed=0, code=code)
     assert num_outputs(model) == 3  # grown from the 2 outputs model_fn built
     assert output_layer(model)[1].in_features == 4
 
@@ -90,12 +103,14 @@ def test_config_file_errors_name_the_fix(tmp_path: Path) -> None:
         spec(config=str(tmp_path / "missing.py"))
     path = tmp_path / "empty.py"
     path.write_text("x = 1\n")
+    code = resolve_code(str(path))
     with pytest.raises(ConfigError, match="no function model_fn"):
-        build_model(spec(config=str(path)), generator_seed=0)
+        build_model(spec(config=code), generator_seed=0, code=code)
     good = tmp_path / "cfg.py"
     good.write_text(CONFIG)
+    code = resolve_code(str(good))
     with pytest.raises(ConfigError, match="does not accept option"):
-        build_model(spec(config=str(good), options={"depth": 3}), generator_seed=0)
+        build_model(spec(config=code, options={"depth": 3}), generator_seed=0, code=code)
 
 
 def test_normalize_option_standardises_inputs_inside_the_model() -> None:

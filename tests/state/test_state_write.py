@@ -92,7 +92,8 @@ def test_existing_state_is_refused_and_left_byte_identical(root: str) -> None:
     with pytest.raises(StateExistsError) as exc:
         write_state(url, NEW, {"v": 2})
     assert str(exc.value) == (
-        f"state already exists at {url}; choose a new --next-state or pass --overwrite"
+        f"state already exists at {url}; write to a new location or pass overwrite=True "
+        "(CLI: a new --next-state, or --overwrite)"
     )
     assert _tree(url) == before
     assert _entries(root) == ["v1"]
@@ -207,7 +208,8 @@ def test_failed_publish_keeps_old_state(
             real_rename(src, dst)
 
         monkeypatch.setattr(store_mod.os, "rename", rename)
-    with pytest.raises(OSError):
+    # The OS error comes back as one StateError line naming the state and the OS's reason.
+    with pytest.raises(StateError, match=r"cannot write the state at .*v1: (exchange|rename) fail"):
         write_state(url, NEW, {"v": 2}, overwrite=True)
     monkeypatch.undo()
     assert _tree(url) == before

@@ -1,6 +1,7 @@
-"""Models: built-in backbones, user models from config files, output-layer growth."""
+"""Models: built-in backbones, user model code (files, module:function), output-layer growth."""
 
 from ricordo.models.builtin import MODELS
+from ricordo.models.code import ModelCode, resolve_code
 from ricordo.models.head import (
     features_and_logits,
     grow_output_layer,
@@ -8,15 +9,18 @@ from ricordo.models.head import (
     output_layer,
     unwrap,
 )
-from ricordo.models.spec import build_model, make_spec
+from ricordo.models.spec import bind_code, build_model, make_spec
 
 __all__ = [
     "MODELS",
+    "ModelCode",
+    "bind_code",
     "features_and_logits",
     "build_model",
     "grow_output_layer",
     "make_spec",
     "num_outputs",
     "output_layer",
+    "resolve_code",
     "unwrap",
 ]

@@ -1,22 +1,27 @@
-"""Model specs: the JSON that rebuilds a model (built-in or from a user's config file) on load."""
+"""Model specs: the JSON that rebuilds a model (built-in, or from the user's own code) on load.
+
+A built-in model is rebuilt from its name and sizes. A model built by user code is rebuilt only
+from code the loader passes (``--config`` / ``Updater.load(url, model=...)``): the spec records a
+portable reference to it and its sha256, never a path to import (see ``models.code``).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import inspect
 import logging
-from pathlib import Path
+import posixpath
 from typing import Any
 
 import torch
 from torch import nn
 
-from ricordo.errors import ConfigError
+from ricordo.errors import ConfigError, ModelCodeError
 from ricordo.models.builtin import MODELS, build_builtin
+from ricordo.models.code import MODEL_FN, ModelCode, resolve_code
 from ricordo.models.head import grow_output_layer, num_outputs
 
 log = logging.getLogger(__name__)
+
+_CODE_KEYS = ("source", "function", "source_type", "sha256")
 
 
 def make_spec(
@@ -25,35 +30,141 @@ def make_spec(
     input_shape: tuple[int, ...],
     num_classes: int,
     hidden: tuple[int, ...],
-    config: str | None,
+    config: str | ModelCode | None,
     options: dict[str, Any],
 ) -> dict[str, Any]:
-    """Describe a model so that :func:`build_model` can rebuild it in another process."""
+    """Describe a model so that :func:`build_model` can rebuild it in another process.
+
+    ``config`` is the user's model code (a .py file, ``module:function``, or a resolved
+    :class:`ModelCode`); None selects the built-in ``model``.
+    """
     spec: dict[str, Any] = {
         "input_shape": list(input_shape),
         "num_classes": int(num_classes),
         "options": dict(options),
     }
     if config is not None:
-        path = Path(config).expanduser().resolve()
-        if not path.is_file():
-            raise ConfigError(f"model config file {config!r} not found; pass an existing .py file")
-        spec.update(kind="config", path=str(path), sha256=_sha256(path))
+        code = config if isinstance(config, ModelCode) else resolve_code(config)
+        spec.update(kind="code", **code.record())
     else:
         MODELS.get(model)  # unknown names fail here, with the list of known ones
         spec.update(kind="builtin", name=model, hidden=list(hidden))
     return spec
 
 
-def build_model(spec: dict[str, Any], generator_seed: int) -> nn.Module:
+def recorded_code(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The user code a spec names (``source``, ``function``, ``source_type``, ``sha256``), or
+    None for a built-in model.
+
+    Older states (kind ``"config"``) recorded an absolute ``path``: only its base name is
+    used, as a name in messages; it is never imported.
+    """
+    kind = spec.get("kind")
+    if kind == "code":
+        return {key: spec.get(key) for key in _CODE_KEYS}
+    if kind == "config":
+        path = str(spec.get("path") or "model.py").replace("\\", "/")
+        return {
+            "source": posixpath.basename(path),
+            "function": MODEL_FN,
+            "source_type": "file",
+            "sha256": spec.get("sha256"),
+        }
+    return None
+
+
+def code_reference(record: dict[str, Any]) -> str:
+    """How the user names recorded code: ``custom_model.py`` or ``pkg.mod:make_model``."""
+    if record.get("source_type") == "file":
+        return str(record.get("source"))
+    return f"{record.get('source')}:{record.get('function')}"
+
+
+def describe_code(record: dict[str, Any]) -> str:
+    """``custom_model.py (sha256 0123456789ab)``: the reference and its hash's first 12 hex."""
+    return f"{code_reference(record)} (sha256 {_short(record.get('sha256'))})"
+
+
+def _short(sha: object) -> str:
+    return sha[:12] if isinstance(sha, str) and sha else "unknown"
+
+
+def bind_code(
+    spec: dict[str, Any], code: ModelCode | None, *, accept_change: bool, url: str
+) -> dict[str, Any]:
+    """Check the model code the user passed against what the state at ``url`` recorded and
+    return the spec to build from (and record in the next state).
+
+    A built-in model takes no code. A model built by user code needs it, with the recorded
+    sha256, unless ``accept_change``: then the new code's reference and hash are recorded and a
+    warning is logged. Nothing is imported here.
+    """
+    recorded = recorded_code(spec)
+    if recorded is None:
+        if code is not None:
+            raise ConfigError(
+                f"the state at {url} uses the built-in model {spec.get('name')!r} and needs no "
+                "model code; drop model= (CLI: --config)"
+            )
+        return spec
+    needed = describe_code(recorded)
+    if code is None:
+        ref = code_reference(recorded)
+        raise ModelCodeError(
+            f"the state at {url} needs its model code {needed}, and a state never runs code: "
+            f"pass the model definition yourself, e.g. Updater.load(url, model={ref!r}) "
+            f"(CLI: --config {ref})"
+        )
+    bound = {k: v for k, v in spec.items() if k != "path"}
+    bound["kind"] = "code"
+    if code.instance is not None:
+        # An nn.Module built by the caller: nothing is left to run, and its class (often
+        # nn.Sequential) names no code of the user's; the state's weights must fit it exactly
+        # (names and shapes), which loading them checks. The recorded code stays recorded.
+        bound.update(recorded)
+        return bound
+    same = code.sha256 is not None and code.sha256 == recorded["sha256"]
+    if not same and not accept_change:
+        raise ModelCodeError(
+            f"the model code {code.reference} has sha256 {_short(code.sha256)} but the state at "
+            f"{url} was trained with {needed}; pass the code it was trained with, or accept "
+            "the change with accept_model_change=True (CLI: --accept-model-change)"
+        )
+    if same:
+        bound.update(recorded)  # keep the recorded name: the content is what must match
+    else:
+        log.warning(
+            "model code %s (sha256 %s) differs from the %s the state at %s was trained with; "
+            "using it as accepted: the next state records it",
+            code.reference,
+            _short(code.sha256),
+            needed,
+            url,
+        )
+        bound.update(code.record())
+    return bound
+
+
+def build_model(
+    spec: dict[str, Any], generator_seed: int, code: ModelCode | None = None
+) -> nn.Module:
     """Instantiate the model a spec describes, with its output layer sized to ``num_classes``.
 
+    A spec of user code needs ``code`` with the recorded sha256 (see :func:`bind_code`).
     Initialisation draws from a private RNG seeded with ``generator_seed`` (the global RNG of the
     caller is left untouched), so the same seed builds the same weights.
     """
+    recorded = recorded_code(spec)
+    if recorded is not None and (
+        code is None or (code.instance is None and code.sha256 != recorded["sha256"])
+    ):
+        raise ModelCodeError(
+            f"this model needs its model code {describe_code(recorded)}, which was not passed "
+            "or differs; a state never runs code it names"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(generator_seed)
-        if spec["kind"] == "builtin":
+        if recorded is None or code is None:
             # Options and size are checked before anything is allocated (models.builtin).
             model = build_builtin(
                 spec["name"],
@@ -63,51 +174,8 @@ def build_model(spec: dict[str, Any], generator_seed: int) -> nn.Module:
                 spec["options"],
             )
         else:
-            model = _model_from_config(spec)
+            model = code.build(spec["options"], tuple(spec["input_shape"]), spec["num_classes"])
             generator = torch.Generator().manual_seed(generator_seed)
             if num_outputs(model) < spec["num_classes"]:
                 grow_output_layer(model, spec["num_classes"], generator)
     return model
-
-
-def _model_from_config(spec: dict[str, Any]) -> nn.Module:
-    path = Path(spec["path"])
-    if not path.is_file():
-        raise ConfigError(
-            f"model config file {str(path)!r} recorded in the state no longer exists; "
-            "restore it at that path"
-        )
-    if spec.get("sha256") and _sha256(path) != spec["sha256"]:
-        log.warning("model config %s changed since the state was written; rebuilding anyway", path)
-    module_spec = importlib.util.spec_from_file_location(f"ricordo_user_config_{path.stem}", path)
-    if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"cannot import model config {str(path)!r}; is it a Python file?")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    model_fn = getattr(module, "model_fn", None)
-    if not callable(model_fn):
-        raise ConfigError(f"model config {str(path)!r} has no function model_fn(**kwargs); add one")
-    options = dict(spec["options"])
-    accepted = inspect.signature(model_fn).parameters
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-    for injected in ("input_shape", "num_classes"):
-        if injected in accepted or takes_kwargs:
-            options.setdefault(
-                injected, spec[injected] if injected != "input_shape" else tuple(spec[injected])
-            )
-    unknown = [k for k in options if k not in accepted and not takes_kwargs]
-    if unknown:
-        raise ConfigError(
-            f"model_fn in {str(path)!r} does not accept option(s) {unknown}; "
-            f"it takes: {list(accepted)}"
-        )
-    model = model_fn(**options)
-    if not isinstance(model, nn.Module):
-        raise ConfigError(
-            f"model_fn in {str(path)!r} returned {type(model).__name__}, not nn.Module"
-        )
-    return model
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -10,9 +10,11 @@ from ricordo.state.manifest import FORMAT_VERSION, MIGRATIONS
 from ricordo.state.store import (
     LoadedState,
     check_writable,
+    enclosing_state,
     list_states,
     read_manifest,
     read_state,
+    state_changed,
     state_exists,
     write_state,
 )
@@ -22,9 +24,11 @@ __all__ = [
     "MIGRATIONS",
     "LoadedState",
     "check_writable",
+    "enclosing_state",
     "list_states",
     "read_manifest",
     "read_state",
+    "state_changed",
     "state_exists",
     "write_state",
 ]

@@ -24,6 +24,9 @@ from ricordo.errors import StateError
 # Files given as paths are hashed and copied in pieces of this size, never read whole.
 CHUNK_BYTES = 8 * 2**20
 
+# fsspec protocols whose files live in this process's memory only.
+PROCESS_LOCAL_PROTOCOLS = frozenset({"memory"})
+
 
 @dataclass(frozen=True)
 class Location:
@@ -56,6 +59,24 @@ class Location:
         """Path of an entry next to the state, e.g. its lock."""
         return posixpath.join(self.parent_path, name)
 
+    @property
+    def is_process_local(self) -> bool:
+        """True for filesystems that live in this process only (``memory://``): a state written
+        there vanishes when the process exits, so the CLI refuses them."""
+        protocols = self.fs.protocol
+        protocols = (protocols,) if isinstance(protocols, str) else tuple(protocols)
+        return any(p in PROCESS_LOCAL_PROTOCOLS for p in protocols)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the location: the filesystem and the normalised path (symlinks,
+        ``./`` and trailing slashes resolved on a local disk), so two spellings compare equal."""
+        protocols = self.fs.protocol
+        protocol = protocols if isinstance(protocols, str) else protocols[0]
+        if self.is_local:
+            return protocol, os.path.realpath(self.path)
+        return protocol, posixpath.normpath(self.path)
+
 
 def resolve(url: str) -> Location:
     """Resolve a local path or fsspec URL; reject URLs that cannot name a state directory."""
@@ -69,6 +90,11 @@ def resolve(url: str) -> Location:
     if not posixpath.basename(path) or posixpath.basename(path) in (".", ".."):
         raise StateError(f"state URL {url!r} does not name a directory; add a state name to it")
     return Location(url=url, fs=fs, path=path)
+
+
+def same_location(a: str, b: str) -> bool:
+    """True when the URLs ``a`` and ``b`` name the same state (e.g. ``X``, ``./X`` and ``X/``)."""
+    return resolve(a).key == resolve(b).key
 
 
 def write_file_synced(path: str, data: bytes | bytearray | memoryview | os.PathLike[str]) -> None:

@@ -18,7 +18,7 @@ from types import TracebackType
 from ricordo.errors import StateLockedError
 from ricordo.state.fs import Location
 from ricordo.state.manifest import utc_now
-from ricordo.state.paths import LOCK_SUFFIX
+from ricordo.state.paths import LOCK_SUFFIX, STALE_MARK
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class StateLock:
         self._is_stale(raw, age)  # raises when the lock is live
         # Rename aside, then check we moved the very file we judged stale; if another job
         # replaced it meanwhile, put theirs back (link fails if a newer lock already exists).
-        aside = f"{self.path}.stale-{os.getpid()}-{secrets.token_hex(4)}"
+        aside = f"{self.path}{STALE_MARK}{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

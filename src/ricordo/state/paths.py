@@ -16,6 +16,7 @@ MANIFEST_NAME = "manifest.json"
 LOCK_SUFFIX = ".lock"
 TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
+STALE_MARK = ".stale-"  # a lock set aside while a stale one is taken over (state/lock.py)
 
 # Sidecars a writer leaves next to NAME: NAME.tmp-<pid>-<hex> and NAME.old-<pid>-<hex>.
 _SIDECAR_RE = re.compile(r"^(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-(?P<tag>[0-9a-f]+)$")
@@ -36,7 +37,20 @@ def parse_sidecar(entry: str) -> tuple[str, str, int] | None:
 
 def is_bookkeeping_name(entry: str) -> bool:
     """True for lock files and writer sidecars, which are never states themselves."""
-    return entry.endswith(LOCK_SUFFIX) or TMP_MARK in entry or OLD_MARK in entry
+    return entry.endswith(LOCK_SUFFIX) or any(m in entry for m in (TMP_MARK, OLD_MARK, STALE_MARK))
+
+
+def state_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a state, or None: Ricordo's own lock, temporary and set-aside
+    names (``X.lock``, ``X.tmp-*``, ``X.old-*``) would be deleted, renamed or locked by writers
+    of a state ``X`` next to it."""
+    if is_bookkeeping_name(name):
+        return (
+            f"state name {name!r} collides with Ricordo's own lock, temporary or backup names "
+            f"(NAME{LOCK_SUFFIX}, NAME{TMP_MARK}*, NAME{OLD_MARK}*), which writers delete or "
+            "rename; choose another name"
+        )
+    return None
 
 
 def relpath_problem(rel: object) -> str | None:

@@ -8,25 +8,42 @@ Guarantees: every file is verified (size and sha256) on read; a write is all-or-
 disk the state is built in ``NAME.tmp-<pid>-<hex>`` and published by rename, so a crash never leaves
 a half state at NAME. Other fsspec filesystems (memory://, s3://) have no rename: files go straight
 into NAME and manifest.json is written last; a state without a manifest is incomplete and refused.
+
+What is never done: replacing anything at NAME but a verified Ricordo state that holds nothing
+else (user files are never deleted, even with ``overwrite``); writing a state inside another state
+or under one of the store's own bookkeeping names; following a symbolic link inside a local state;
+reporting corruption because a writer replaced the state while it was being read (the reader
+retries and sees the old or the new state, complete).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
 import posixpath
 import secrets
 import shutil
-from collections.abc import Mapping
+import stat
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from fsspec.core import url_to_fs
 
-from ricordo.errors import StateCorruptError, StateError, StateExistsError, StateNotFoundError
+from ricordo.errors import (
+    RicordoError,
+    StateCorruptError,
+    StateError,
+    StateExistsError,
+    StateNotFoundError,
+)
 from ricordo.state.fs import (
+    CHUNK_BYTES,
     Location,
     exchange,
     file_digest,
@@ -35,16 +52,22 @@ from ricordo.state.fs import (
     write_file_synced,
 )
 from ricordo.state.lock import StateLock, pid_alive
-from ricordo.state.manifest import build_manifest, parse_manifest
+from ricordo.state.manifest import FORMAT, build_manifest, parse_manifest
 from ricordo.state.paths import (
     LOCK_SUFFIX,
     MANIFEST_NAME,
     check_relpaths,
     parse_sidecar,
     sidecar_name,
+    state_name_problem,
 )
 
 log = logging.getLogger(__name__)
+
+# A read that fails because a writer replaced the state meanwhile is retried this many times, with
+# a short growing pause, before the error is reported (see read_state).
+READ_ATTEMPTS = 10
+_RETRY_PAUSE_S = 0.002
 
 # What a state file may be given as: its bytes, or a local file copied in chunks.
 FileData = Union[bytes, bytearray, memoryview, "os.PathLike[str]"]
@@ -126,39 +149,120 @@ def write_state(
 
     Each file is bytes or a local file (``os.PathLike``, hashed and copied in chunks; it must not
     change while the state is written). Raises StateExistsError if a state is there and
-    ``overwrite`` is false, StateLockedError if another live job is writing it. On any failure the
-    previous state (if any) is left untouched on a local disk; on other filesystems an overwrite
-    removes the old state before writing.
+    ``overwrite`` is false, StateLockedError if another live job is writing it, and StateError
+    if what is at ``url`` is not a complete Ricordo state holding nothing else (that is never
+    replaced), if ``url`` lies inside another state or uses a bookkeeping name, or if the
+    filesystem refuses the write. On any failure the previous state (if any) is left untouched
+    on a local disk; on other filesystems an overwrite removes the old state before writing.
     """
     loc = resolve(url)
+    _check_location(loc)
     blobs = _prepare(files)
     info = {rel: _describe(data) for rel, data in blobs.items()}
     manifest, manifest_bytes = build_manifest(info, meta, parent)
-    if loc.is_local:
-        os.makedirs(loc.parent_path, exist_ok=True)
-    with StateLock(loc):
+    try:
         if loc.is_local:
-            _write_local(loc, blobs, manifest_bytes, overwrite)
-        else:
-            _write_remote(loc, blobs, manifest_bytes, overwrite)
+            os.makedirs(loc.parent_path, exist_ok=True)
+        with StateLock(loc):
+            if loc.is_local:
+                _write_local(loc, blobs, manifest_bytes, overwrite)
+            else:
+                _write_remote(loc, blobs, manifest_bytes, overwrite)
+    except RicordoError:
+        raise
+    except OSError as exc:  # a read-only folder, a full disk: one line that names the state
+        raise _os_error(loc, exc) from exc
     return manifest
 
 
 def check_writable(url: str, *, overwrite: bool = False) -> None:
     """Raise now the error ``write_state(url, overwrite=overwrite)`` would raise because of what
-    is already there: a state (without ``overwrite``), a folder that is not a state, or a live
-    writer's lock. ``ricordo update`` calls it before training, so that an hour of training is
-    not lost to a write that cannot happen; ``write_state`` checks again (things may change)."""
+    is already there or of where it is: a state (without ``overwrite``), anything that is not a
+    complete Ricordo state holding nothing else, a live writer's lock, a folder this process may
+    not write to, a reserved name or a path inside another state. ``ricordo update`` calls it
+    before training, so that an hour of training is not lost to a write that cannot happen;
+    ``write_state`` checks again (things may change)."""
     loc = resolve(url)
-    if loc.is_local:
-        kind = _local_target_kind(loc.path)
-        if kind == "other":
-            raise _not_a_state_error(loc)
-        if kind == "state" and not overwrite:
-            raise _exists_error(loc)
-    elif not overwrite and state_exists(url):
+    _check_location(loc)
+    kind = _inspect_target(loc)
+    if kind == "state" and not overwrite:
         raise _exists_error(loc)
+    if loc.is_local:
+        _check_local_permission(loc)
     StateLock(loc).check()
+
+
+def _os_error(loc: Location, exc: OSError) -> StateError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return StateError(
+        f"cannot write the state at {loc.url}: {exc.strerror or exc}{where}; check that you may "
+        "write to that folder and that its disk has space"
+    )
+
+
+def _check_location(loc: Location) -> None:
+    """Refuse a state name the store uses for its own files, and a state inside a state."""
+    problem = state_name_problem(loc.name)
+    if problem is not None:
+        raise StateError(f"cannot write {loc.url}: {problem}")
+    outer = _enclosing_state(loc.fs, loc.path)
+    if outer is not None:
+        raise StateError(
+            f"cannot write a state at {loc.url}: it is inside the state at {outer}, which would "
+            "delete it when replaced; choose a path outside that state"
+        )
+
+
+def _check_local_permission(loc: Location) -> None:
+    """The write creates NAME's lock and temporary sibling in its folder (or creates the folder):
+    check this process may write there, without writing anything (a read-only folder is found
+    before an update trains, not after)."""
+    folder = loc.parent_path or "."
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise StateError(
+            f"cannot write the state at {loc.url}: {folder} is a file, not a folder; "
+            "choose another path"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StateError(
+            f"cannot write the state at {loc.url}: no permission to write in {folder} "
+            "(read-only folder or disk); choose a folder you can write to or fix its permissions"
+        )
+
+
+def _looks_like_state_manifest(fs: Any, path: str) -> bool:
+    """True when ``path`` is a manifest.json written by Ricordo (its format field; the checksum
+    is not needed to know whose file it is, and a damaged state is still a state)."""
+    try:
+        if not fs.isfile(path):
+            return False
+        obj = json.loads(fs.cat_file(path))
+    except (OSError, ValueError):
+        return False
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def _enclosing_state(fs: Any, path: str) -> str | None:
+    """The nearest folder strictly above ``path`` that is a Ricordo state, or None."""
+    folder = posixpath.dirname(path.rstrip("/"))
+    while folder:
+        if _looks_like_state_manifest(fs, posixpath.join(folder, MANIFEST_NAME)):
+            return folder
+        above = posixpath.dirname(folder)
+        if above == folder:
+            break
+        folder = above
+    return None
+
+
+def enclosing_state(path: str) -> str | None:
+    """The nearest folder above local ``path`` (a file or folder) that is a Ricordo state, or
+    None; outputs of ``ricordo predict``/``evaluate`` are never written inside one."""
+    loc = resolve(path)
+    target = os.path.realpath(loc.path) if loc.is_local else loc.path
+    return _enclosing_state(loc.fs, target)
 
 
 def _not_a_state_error(loc: Location) -> StateError:
@@ -168,22 +272,94 @@ def _not_a_state_error(loc: Location) -> StateError:
     )
 
 
-def _exists_error(loc: Location) -> StateExistsError:
-    return StateExistsError(
-        f"state already exists at {loc.url}; choose a new --next-state or pass --overwrite"
+def _foreign_error(loc: Location, what: str) -> StateError:
+    return StateError(
+        f"{loc.url} {what}; Ricordo replaces only a complete state of its own that holds nothing "
+        "else, even with overwrite: move your files out or choose another path"
     )
 
 
-def _local_target_kind(path: str) -> str:
-    """What is at NAME: "none", "empty" (an empty folder), "state", or "other" (foreign data)."""
-    if not os.path.lexists(path):
-        return "none"
-    if os.path.isdir(path) and not os.path.islink(path):
-        if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
-            return "state"
-        if not os.listdir(path):
+def _exists_error(loc: Location) -> StateExistsError:
+    return StateExistsError(
+        f"state already exists at {loc.url}; write to a new location or pass overwrite=True "
+        "(CLI: a new --next-state, or --overwrite)"
+    )
+
+
+def _inspect_target(loc: Location) -> str:
+    """What is at NAME before a write: "none", "empty" (an empty folder) or "state" (a complete
+    Ricordo state, its manifest verified, holding nothing but the files it lists).
+
+    Anything else raises StateError: a file, a link, a folder of user files, one with a forged
+    or damaged manifest, with files the manifest does not list, or with a nested state. Ricordo
+    deletes only what it can verify it wrote.
+    """
+    if loc.is_local:
+        try:
+            mode = os.lstat(loc.path).st_mode
+        except FileNotFoundError:
+            return "none"
+        if stat.S_ISLNK(mode):
+            raise _foreign_error(loc, "is a symbolic link, not a state folder")
+        if not stat.S_ISDIR(mode):
+            raise _foreign_error(loc, "is a file, not a state folder")
+        if not os.listdir(loc.path):
             return "empty"
-    return "other"
+    else:
+        if not loc.fs.exists(loc.path):
+            return "none"
+        if not loc.fs.isdir(loc.path):
+            raise _foreign_error(loc, "is a file, not a state folder")
+        if not loc.fs.find(loc.path):
+            return "empty"
+    try:
+        manifest = _load_manifest(loc)
+    except StateNotFoundError:
+        raise _not_a_state_error(loc) from None
+    except StateError:
+        raise _foreign_error(
+            loc, f"holds a {MANIFEST_NAME} that is not a valid Ricordo manifest"
+        ) from None
+    strays = sorted(_strays(loc, manifest))
+    if strays:
+        shown = ", ".join(repr(s) for s in strays[:3]) + (", ..." if len(strays) > 3 else "")
+        raise _foreign_error(loc, f"holds files its manifest does not list or that differ: {shown}")
+    return "state"
+
+
+def _strays(loc: Location, manifest: dict) -> Iterator[str]:
+    """Entries under NAME that are not the manifest, a file it lists (regular, of the listed
+    size) or a folder holding one: user files, links, nested states."""
+    listed = {rel: info["size"] for rel, info in manifest["files"].items()}
+    listed[MANIFEST_NAME] = None  # its size is whatever it is
+    folders = {posixpath.dirname(rel) for rel in listed}
+    for rel in list(folders):
+        while rel:
+            rel = posixpath.dirname(rel)
+            folders.add(rel)
+    if not loc.is_local:
+        for entry in loc.fs.find(loc.path, detail=True).values():
+            rel = entry["name"][len(loc.path) :].lstrip("/")
+            if rel not in listed or listed[rel] not in (None, entry.get("size")):
+                yield rel
+        return
+    for top, dirs, names in os.walk(loc.path):  # never follows links: they are listed, not entered
+        base = os.path.relpath(top, loc.path).replace(os.sep, "/")
+        base = "" if base == "." else base
+        for name in list(dirs):
+            rel = posixpath.join(base, name)
+            if os.path.islink(os.path.join(top, name)) or rel not in folders:
+                dirs.remove(name)
+                yield rel + "/"
+        for name in names:
+            rel = posixpath.join(base, name)
+            st = os.lstat(os.path.join(top, name))
+            if (
+                rel not in listed
+                or not stat.S_ISREG(st.st_mode)
+                or listed[rel] not in (None, st.st_size)
+            ):
+                yield rel
 
 
 def _clean_sidecars(loc: Location) -> None:
@@ -213,9 +389,7 @@ def _write_local(
     loc: Location, blobs: dict[str, bytes | Path], manifest: bytes, overwrite: bool
 ) -> None:
     _clean_sidecars(loc)
-    kind = _local_target_kind(loc.path)
-    if kind == "other":
-        raise _not_a_state_error(loc)  # never replace user data, even with overwrite
+    kind = _inspect_target(loc)  # raises for anything but nothing, an empty folder or a state
     if kind == "state" and not overwrite:
         raise _exists_error(loc)
     tmp = loc.sibling(sidecar_name(loc.name, "tmp", os.getpid(), secrets.token_hex(4)))
@@ -276,7 +450,8 @@ def _write_remote(
 ) -> None:
     fs = loc.fs
     manifest_path = loc.join(MANIFEST_NAME)
-    if fs.exists(manifest_path):
+    kind = _inspect_target(loc)  # raises for anything but nothing, an empty folder or a state
+    if kind == "state":
         if not overwrite:
             raise _exists_error(loc)
         # Manifest first: from this instant readers see an incomplete state, never a mixed one.
@@ -315,23 +490,135 @@ def _corrupt(loc: Location, what: str) -> StateCorruptError:
     )
 
 
+def _not_found(loc: Location, *, incomplete: bool) -> StateNotFoundError:
+    if incomplete:
+        return StateNotFoundError(
+            f"state at {loc.url} is incomplete ({MANIFEST_NAME} missing: an interrupted write "
+            "or not a state); re-run the update that writes it"
+        )
+    return StateNotFoundError(
+        f"no Ricordo state at {loc.url} ({MANIFEST_NAME} missing); check the path, or write one "
+        "there first (CLI: ricordo update --next-state; Python: Updater.save)"
+    )
+
+
+def _symlink_error(loc: Location, rel: str) -> StateCorruptError:
+    return StateCorruptError(
+        f"state at {loc.url}: {rel} is a symbolic link; a state holds only regular files and "
+        "Ricordo never follows links out of it: put the real file there or restore the state "
+        "from a backup"
+    )
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted in a state must not hang the read
+_DIR_FD = os.open in os.supports_dir_fd
+
+
+class _LocalReader:
+    """Reads the files of one local state folder, opened once, never through a symbolic link.
+
+    Every file is opened relative to the folder's descriptor, so a writer that swaps a new state
+    in (``--overwrite``: an atomic exchange, then removal of the old folder) cannot make this
+    reader mix two states: it keeps reading the folder it opened, or finds files gone from it
+    and the caller retries. The state folder itself may be a link (``current -> v7``); the
+    entries inside it may not.
+    """
+
+    def __init__(self, loc: Location) -> None:
+        self.loc = loc
+        self.fd = os.open(loc.path, os.O_RDONLY | _O_DIRECTORY) if _DIR_FD else -1
+
+    def __enter__(self) -> _LocalReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """Device and inode of the folder being read (None where descriptors are unavailable)."""
+        if self.fd < 0:
+            return None
+        st = os.fstat(self.fd)
+        return st.st_dev, st.st_ino
+
+    def _open(self, rel: str) -> int:
+        """File descriptor of ``rel`` (a validated relative path), opened without following
+        links; raises FileNotFoundError, or StateCorruptError naming a link or a non-file."""
+        if self.fd < 0:  # no openat here (Windows): plain paths, links checked one by one
+            path = self.loc.join(rel)
+            parts = rel.split("/")
+            for i in range(1, len(parts) + 1):
+                if os.path.islink(self.loc.join("/".join(parts[:i]))):
+                    raise _symlink_error(self.loc, "/".join(parts[:i]))
+            return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        parts = rel.split("/")
+        opened: list[int] = []
+        folder = self.fd
+        try:
+            for i, part in enumerate(parts):
+                last = i == len(parts) - 1
+                flags = os.O_RDONLY | _O_NOFOLLOW | (_O_NONBLOCK if last else _O_DIRECTORY)
+                try:
+                    fd = os.open(part, flags, dir_fd=folder)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                        raise
+                    prefix = "/".join(parts[: i + 1])
+                    if stat.S_ISLNK(os.lstat(part, dir_fd=folder).st_mode):
+                        raise _symlink_error(self.loc, prefix) from None
+                    raise _corrupt(self.loc, f"{prefix} is a file, not a folder") from None
+                if last:
+                    return fd
+                opened.append(fd)
+                folder = fd
+        finally:
+            for fd in opened:
+                os.close(fd)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def chunks(self, rel: str) -> Iterator[bytes]:
+        """The bytes of regular file ``rel`` in pieces of CHUNK_BYTES."""
+        fd = self._open(rel)
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise _corrupt(self.loc, f"{rel} is a folder, not a file")
+            if not stat.S_ISREG(mode):
+                raise _corrupt(self.loc, f"{rel} is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                while chunk := fh.read(CHUNK_BYTES):
+                    yield chunk
+        finally:
+            os.close(fd)
+
+    def read(self, rel: str) -> bytes:
+        return b"".join(self.chunks(rel))
+
+
 def _load_manifest(loc: Location) -> dict:
+    return parse_manifest(_manifest_bytes(loc), loc.url)
+
+
+def _manifest_bytes(loc: Location, reader: _LocalReader | None = None) -> bytes:
+    """The raw manifest of the state at ``loc`` (read through ``reader`` when given)."""
     fs = loc.fs
     try:
-        raw = fs.cat_file(loc.join(MANIFEST_NAME))
+        if loc.is_local:
+            if reader is not None:
+                return reader.read(MANIFEST_NAME)
+            with _LocalReader(loc) as fresh:
+                return fresh.read(MANIFEST_NAME)
+        return fs.cat_file(loc.join(MANIFEST_NAME))
     except (FileNotFoundError, NotADirectoryError):
-        if fs.isdir(loc.path) and fs.ls(loc.path, detail=False):
-            raise StateNotFoundError(
-                f"state at {loc.url} is incomplete ({MANIFEST_NAME} missing: an interrupted write "
-                "or not a state); re-run the update that writes it"
-            ) from None
-        raise StateNotFoundError(
-            f"no Ricordo state at {loc.url} ({MANIFEST_NAME} missing); check the path or run an "
-            f"update with --next-state {loc.url}"
-        ) from None
+        incomplete = bool(fs.isdir(loc.path) and fs.ls(loc.path, detail=False))
+        raise _not_found(loc, incomplete=incomplete) from None
     except IsADirectoryError:
         raise _corrupt(loc, f"{MANIFEST_NAME} is a folder, not a file") from None
-    return parse_manifest(raw, loc.url)
 
 
 def read_manifest(url: str) -> dict:
@@ -339,14 +626,7 @@ def read_manifest(url: str) -> dict:
     return _load_manifest(resolve(url))
 
 
-def _verify_local_file(loc: Location, rel: str, info: dict) -> Path:
-    """Check a file of a local state in chunks and return its path (read lazily later)."""
-    path = loc.join(rel)
-    if not os.path.lexists(path):
-        raise _corrupt(loc, f"{rel} is missing")
-    if os.path.isdir(path):
-        raise _corrupt(loc, f"{rel} is a folder, not a file")
-    digest, size = file_digest(path)
+def _check_bytes(loc: Location, rel: str, info: dict, size: int, digest: str) -> None:
     if size != info["size"]:
         raise _corrupt(
             loc,
@@ -358,7 +638,75 @@ def _verify_local_file(loc: Location, rel: str, info: dict) -> Path:
             loc,
             f"{rel} fails its sha256 check (expected {info['sha256'][:12]}…, got {digest[:12]}…)",
         )
-    return Path(path)
+
+
+@dataclass
+class _Seen:
+    """What one read attempt saw of the state, to tell a replaced state from a corrupt one."""
+
+    manifest: bytes | None = None
+    folder: tuple[int, int] | None = None
+
+
+def _read_once(loc: Location, lazy: tuple[str, ...], seen: _Seen) -> LoadedState:
+    if not loc.is_local:
+        seen.manifest = _manifest_bytes(loc)
+        manifest = parse_manifest(seen.manifest, loc.url)
+        files: dict[str, bytes | Path] = {}
+        for rel, info in manifest["files"].items():
+            try:
+                data = loc.fs.cat_file(loc.join(rel))
+            except (FileNotFoundError, NotADirectoryError):
+                raise _corrupt(loc, f"{rel} is missing") from None
+            except IsADirectoryError:
+                raise _corrupt(loc, f"{rel} is a folder, not a file") from None
+            _check_bytes(loc, rel, info, len(data), hashlib.sha256(data).hexdigest())
+            files[rel] = data
+        return LoadedState(url=loc.url, manifest=manifest, files=files)
+    try:
+        reader = _LocalReader(loc)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _not_found(loc, incomplete=False) from None
+    with reader:
+        seen.folder = reader.identity
+        seen.manifest = _manifest_bytes(loc, reader)
+        manifest = parse_manifest(seen.manifest, loc.url)
+        files = {}
+        for rel, info in manifest["files"].items():
+            digest, size = hashlib.sha256(), 0
+            keep = not (lazy and rel.startswith(lazy))
+            parts: list[bytes] = []
+            try:
+                for chunk in reader.chunks(rel):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if keep:
+                        parts.append(chunk)
+            except FileNotFoundError:
+                raise _corrupt(loc, f"{rel} is missing") from None
+            _check_bytes(loc, rel, info, size, digest.hexdigest())
+            # Lazy files are handed out as verified paths, read later (memory maps).
+            files[rel] = b"".join(parts) if keep else Path(loc.join(rel))
+        return LoadedState(url=loc.url, manifest=manifest, files=files)
+
+
+def _replaced_since(loc: Location, seen: _Seen) -> bool:
+    """True when the state at ``loc`` is not the one a failed read attempt saw: a writer
+    replaced it meanwhile (or is between the two renames of an overwrite, lock held)."""
+    if seen.manifest is None:  # nothing there: only worth waiting for while a writer works
+        return bool(loc.fs.exists(loc.path + LOCK_SUFFIX))
+    try:
+        if loc.is_local:
+            st = os.stat(loc.path)
+            if seen.folder is not None and (st.st_dev, st.st_ino) != seen.folder:
+                return True
+            with open(loc.join(MANIFEST_NAME), "rb") as fh:
+                now = fh.read()
+        else:
+            now = loc.fs.cat_file(loc.join(MANIFEST_NAME))
+    except OSError:
+        return True  # gone or half-swapped: look again
+    return now != seen.manifest
 
 
 def read_state(url: str, *, lazy_prefixes: tuple[str, ...] = ()) -> LoadedState:
@@ -367,36 +715,32 @@ def read_state(url: str, *, lazy_prefixes: tuple[str, ...] = ()) -> LoadedState:
     On a local disk, files whose relative path starts with one of ``lazy_prefixes`` (e.g.
     ``("memory/",)``) are verified in chunks and returned as ``Path``s into the state instead of
     bytes, so files larger than RAM can be read; elsewhere they are bytes like the others.
+
+    A read that fails while a writer replaces the state (``overwrite``) is retried: the reader
+    gets the old or the new state, complete. Corruption is reported only when the state did not
+    change across the failed read; a symbolic link inside a local state is refused.
     """
     loc = resolve(url)
-    manifest = _load_manifest(loc)
-    files: dict[str, bytes | Path] = {}
     lazy = tuple(lazy_prefixes) if loc.is_local else ()
-    for rel, info in manifest["files"].items():
-        if lazy and rel.startswith(lazy):
-            files[rel] = _verify_local_file(loc, rel, info)
-            continue
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        seen = _Seen()
         try:
-            data = loc.fs.cat_file(loc.join(rel))
-        except (FileNotFoundError, NotADirectoryError):
-            raise _corrupt(loc, f"{rel} is missing") from None
-        except IsADirectoryError:
-            raise _corrupt(loc, f"{rel} is a folder, not a file") from None
-        if len(data) != info["size"]:
-            raise _corrupt(
-                loc,
-                f"{rel} has {len(data)} bytes but the manifest says {info['size']} "
-                "(truncated or overwritten)",
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != info["sha256"]:
-            raise _corrupt(
-                loc,
-                f"{rel} fails its sha256 check (expected {info['sha256'][:12]}…, "
-                f"got {digest[:12]}…)",
-            )
-        files[rel] = data
-    return LoadedState(url=url, manifest=manifest, files=files)
+            state = _read_once(loc, lazy, seen)
+            return LoadedState(url=url, manifest=state.manifest, files=state.files)
+        except (StateCorruptError, StateNotFoundError):
+            if attempt == READ_ATTEMPTS or not _replaced_since(loc, seen):
+                raise
+        time.sleep(_RETRY_PAUSE_S * 2 ** min(attempt, 6))  # all retries: ~0.6 s at most
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def state_changed(state: LoadedState) -> bool:
+    """True when the state at ``state.url`` is no longer the one ``state`` was read from (a
+    writer replaced it since), so that a caller reading its lazy files later can start over."""
+    try:
+        return read_manifest(state.url) != state.manifest
+    except StateError:
+        return True
 
 
 def state_exists(url: str) -> bool:
