@@ -261,18 +261,18 @@ def data(
     from ricordo.data import export_scenario, load_builtin, load_data, make_scenario
     from ricordo.data.export import check_export_target
 
+    from_file = Path(dataset).suffix.lower() in (".npz", ".csv", ".parquet")
+    if from_file and test_data is None:
+        raise ConfigError(f"{dataset} is a training file; pass its test file with --test-data")
+    if not from_file and (test_data or target or group_column):
+        raise ConfigError(
+            f"--test-data/--target/--group-column apply to files, not the dataset {dataset!r}"
+        )
     check_export_target(out, overwrite=overwrite)  # before loading and cutting the data
-
-    if Path(dataset).suffix.lower() in (".npz", ".csv", ".parquet"):
-        if test_data is None:
-            raise ConfigError(f"{dataset} is a training file; pass its test file with --test-data")
+    if from_file:
         train = load_data(dataset, target=target, group_column=group_column, name=dataset)
         test = load_data(test_data, target=target, group_column=group_column, name=test_data)
     else:
-        if test_data or target or group_column:
-            raise ConfigError(
-                f"--test-data/--target/--group-column apply to files, not the dataset {dataset!r}"
-            )
         train, test = load_builtin(
             dataset,
             root=data_dir,
