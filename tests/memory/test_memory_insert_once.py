@@ -42,7 +42,7 @@ def test_every_epoch_stays_the_default_and_repeats_rows(digits_scenario: Scenari
     assert memory is not None and explicit.memory is not None
     assert memory.seen == 5 * len(chunk)
     assert torch.equal(memory.get()["x"], explicit.memory.get()["x"])
-    assert _distinct(memory) < 190  # re-offered rows take slots twice (146 of 200 on seed 0)
+    assert _distinct(memory) < 190  # re-offered rows take several slots (20 epochs: 146 of 200)
 
 
 def test_once_gives_each_chunk_its_share_of_rows_whatever_the_epochs(
