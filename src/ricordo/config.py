@@ -66,7 +66,7 @@ class UpdateConfig:
     devices: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
-    threads: int | None = None
+    threads: int | None = None  # None: auto (engine.backend.resolve_threads)
     progress: bool = True
     # Training only: logits of classes in neither the chunk nor the memory are set to -inf.
     mask_unseen: bool = False

@@ -2,12 +2,16 @@
 
 ``auto`` takes the plain loop for one device at full precision (Fabric's wrappers cost ~10% per
 step on small models, see benchmarks/README.md) and Fabric for everything else.
+
+Also where the CPU thread count of training is chosen (:func:`resolve_threads`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import math
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -113,3 +117,75 @@ def _resolve_device(accelerator: str) -> torch.device:
     if accelerator == "cpu":
         return torch.device("cpu")
     raise ConfigError(f"--accelerator {accelerator!r} is unknown; use auto, cpu, cuda or mps")
+
+
+# ------------------------------------------------------------------------------------ threads
+
+# Below this many multiply-adds per training step (forward pass), one thread is fastest: the ops
+# are too small to split, and every extra OpenMP thread waits at each op's barrier, which on a
+# busy machine (a thread descheduled) turns a 0.03 s update into 2 s (benchmarks/threads.py).
+# Digits' MLP (256,128) at batch 32 is 1.6 M; an MLP (1024,1024) is 36 M and gains ~1.5x from a
+# second idle core.
+SMALL_STEP_MACS = 20_000_000
+
+
+def resolve_threads(
+    threads: int | None, model: nn.Module, input_shape: Sequence[int], batch_size: int
+) -> int:
+    """CPU threads for training: ``threads`` when given, else the ``auto`` rule.
+
+    ``auto``: one thread when a step is small (:data:`SMALL_STEP_MACS`, estimated by
+    :func:`step_macs`); otherwise one per core not busy with other work right now (the cores this
+    process may use, minus the other runnable processes), at least 1 and at most torch's current
+    setting (its default: the physical cores, or ``OMP_NUM_THREADS``; in a benchmark worker the
+    worker's share of the cores). So a small model never collapses on a busy machine, and a large
+    one does not start more threads than there are idle cores when its update starts.
+    """
+    if threads is not None:
+        return threads
+    if step_macs(model, input_shape, batch_size) < SMALL_STEP_MACS:
+        return 1
+    idle = _usable_cores() - _other_runnable()
+    return max(1, min(torch.get_num_threads(), idle))
+
+
+def step_macs(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> int:
+    """Rough multiply-adds of one forward pass over ``batch_size`` rows of ``input_shape``.
+
+    Linear layers count their weights once per row; convolutions once per position of the
+    input's spatial size (an upper bound: strides and pooling shrink later layers). Other layers
+    are ignored; the result only needs to tell a small step from a large one.
+    """
+    positions = math.prod(input_shape[2:])  # (rows, channels, *spatial): 1 for flat features
+    per_row = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            continue
+        if isinstance(module, nn.Linear):
+            per_row += weight.numel()
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            per_row += weight.numel() * positions
+    return per_row * max(1, batch_size)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _other_runnable() -> int:
+    """Processes other than this one that want a CPU now (Linux: /proc/loadavg's running count,
+    an instant sample; elsewhere the 1-minute load average; 0 when neither is known)."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as handle:
+            running = int(handle.read().split()[3].split("/")[0])
+        return max(0, running - 1)  # this process is running: it is reading the file
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        return 0

@@ -15,7 +15,7 @@ from torch import nn
 
 from ricordo.config import UpdateConfig
 from ricordo.data.dataset import ArrayDataset
-from ricordo.engine.backend import make_backend
+from ricordo.engine.backend import make_backend, resolve_threads
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.progress import Progress
 from ricordo.errors import TrainingDivergedError
@@ -99,7 +99,9 @@ def train_update(
     ctx: UpdateContext,
 ) -> TrainReport:
     """Run the configured epochs of one update; the method supplies the loss of each step."""
-    with cpu_threads(ctx.config.threads):
+    config = ctx.config
+    threads = resolve_threads(config.threads, model, tuple(data.x.shape), config.batch_size)
+    with cpu_threads(threads):
         return _train_update(model, method, data, ctx)
 
 
