@@ -170,7 +170,7 @@ class Updater:
         if fixed and self.model is not None:
             raise ConfigError(
                 f"option(s) {fixed} are fixed for this lineage (stored in the state); "
-                "start a new lineage without --state to change them"
+                "start a new lineage (a new Updater; CLI: without --state) to change them"
             )
         new = self.config.replace(**overrides)
         if "params" in overrides:
@@ -185,7 +185,8 @@ class Updater:
             raise DataError(
                 f"the chunk has label {top} but the model can grow to at most "
                 f"{self.config.max_classes} classes (0..{self.config.max_classes - 1}); "
-                "remap the labels or start a lineage with a larger --max-classes"
+                "remap the labels or start a lineage with a larger max_classes "
+                "(CLI: --max-classes)"
             )
         if self.model_spec is not None:
             expected = tuple(self.model_spec["input_shape"])

@@ -13,6 +13,8 @@ import importlib.util
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -525,3 +527,53 @@ def test_a_symlink_in_a_state_is_refused(cli: Cli, ws: Path, chunks: Path) -> No
     (v0 / "model.safetensors").symlink_to(ws / "elsewhere.safetensors")
     result = cli("evaluate", "--state", v0, "--data", chunks / "test-0.npz")
     assert_one_line_error(result, "model.safetensors is a symbolic link", "regular files")
+
+
+def test_loading_while_another_job_overwrites_never_reports_corruption(
+    ws: Path, chunks: Path
+) -> None:
+    # Two different states take turns at one URL (--overwrite), while a reader loads it: the
+    # reader gets one of them, complete, every time; the memory's files are read after the
+    # checksums, so the Updater starts over when the state changed in between.
+    first = Updater.load(str(ws / "states" / "v0"))
+    second = Updater.load(str(ws / "states" / "v0"))
+    second.update(str(chunks / "train-1.npz"))
+    url = str(ws / "live")
+    first.save(url)
+    stop = threading.Event()
+    writes = [0]
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            while not stop.is_set():
+                (first, second)[writes[0] % 2].save(url, overwrite=True)
+                writes[0] += 1
+        except BaseException as exc:  # surfaced below
+            failures.append(exc)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    errors: list[str] = []
+    loads = 0
+    deadline = time.monotonic() + 3.0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                loaded = Updater.load(url)
+                assert loaded.updates in (1, 2)
+                loads += 1
+            except StateError as exc:
+                errors.append(str(exc))
+    finally:
+        stop.set()
+        thread.join()
+    assert not failures, failures
+    assert writes[0] >= 5 and loads >= 20  # they really raced
+    assert errors == []
+
+
+def test_lineage_errors_name_the_python_way_first(ws: Path, chunks: Path) -> None:
+    updater = Updater.load(str(ws / "states" / "v0"))
+    with pytest.raises(ConfigError, match=r"start a new lineage \(a new Updater; CLI: without"):
+        updater.update(str(chunks / "train-1.npz"), method="finetune")

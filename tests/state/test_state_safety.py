@@ -333,3 +333,11 @@ def test_state_changed_tells_a_replaced_state(tmp_path: Path) -> None:
     assert not state_changed(loaded)
     write_state(url, NEW, {}, overwrite=True)
     assert state_changed(loaded)
+
+
+def test_nesting_is_judged_on_real_paths(tmp_path: Path) -> None:
+    write_state(str(tmp_path / "a"), FILES, {})
+    write_state(str(tmp_path / "a" / ".." / "b"), FILES, {})  # b is beside a, not inside it
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    with pytest.raises(StateError, match=f"inside the state at {tmp_path / 'a'}"):
+        write_state(str(tmp_path / "link" / "inner"), FILES, {})

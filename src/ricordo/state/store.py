@@ -205,7 +205,10 @@ def _check_location(loc: Location) -> None:
     problem = state_name_problem(loc.name)
     if problem is not None:
         raise StateError(f"cannot write {loc.url}: {problem}")
-    outer = _enclosing_state(loc.fs, loc.path)
+    path = loc.path
+    if loc.is_local:  # "a/../b" and links to folders: the real ancestors count
+        path = os.path.join(os.path.realpath(loc.parent_path or "."), loc.name)
+    outer = _enclosing_state(loc.fs, path)
     if outer is not None:
         raise StateError(
             f"cannot write a state at {loc.url}: it is inside the state at {outer}, which would "
