@@ -12,16 +12,95 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ricordo import __version__
 from ricordo.errors import ConfigError, RicordoError
 
-app = typer.Typer(
+# Commands whose UpdateConfig options default to None ("not given"), and where such an option's
+# value then comes from: the note their help ends with.
+_INHERITED_DEFAULTS = {
+    "update": "An option not given takes the value stored in --state, else the default shown.",
+    "benchmark": "An option not given takes the -c file's value, else the default shown.",
+}
+
+
+class _Help:
+    """Help that shows how to type each option and what it is when not given.
+
+    Typer's rich help prints a type after every option, flags included (``--version <bool>``,
+    ``--overwrite --no-overwrite <bool>``): flags get none here, and repeatable options declare
+    their element (``metavar="K=V"``). The UpdateConfig options of ``update`` and ``benchmark``
+    default to None, so that an option not given takes the state's (or the experiment file's)
+    value; Typer then shows no default, so their help gets UpdateConfig's, which cannot drift.
+    """
+
+    name: str | None
+    params: list[Any]
+
+    epilog: str | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperOption):
+                _tidy_option(param, self.name or "")
+            elif isinstance(param, TyperArgument) and param.metavar is None and param.name:
+                param.metavar = param.name.upper()  # usage "ricordo info STATE", not "{state}"
+        if self.name in _INHERITED_DEFAULTS and not self.epilog:
+            self.epilog = _INHERITED_DEFAULTS[self.name]
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_Help, TyperGroup):
+    pass
+
+
+class _Command(_Help, TyperCommand):
+    pass
+
+
+class _App(typer.Typer):
+    """``typer.Typer`` whose commands render their help with :class:`_Help`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+def _tidy_option(option: TyperOption, command: str) -> None:
+    if option.is_flag:
+        option.metavar = ""
+    if command not in _INHERITED_DEFAULTS or option.default is not None or not option.help:
+        return
+    from ricordo.config import UpdateConfig
+
+    field = UpdateConfig.__dataclass_fields__.get(option.name or "")
+    value = getattr(field, "default", None)
+    if value is None or "default" in option.help.lower():  # none to show, or said already
+        return
+    if isinstance(value, bool):
+        shown = (option.opts if value else option.secondary_opts)[0]
+    elif isinstance(value, tuple):
+        shown = ",".join(map(str, value))
+    else:
+        shown = str(value)
+    # "\[": a literal bracket in rich markup, as Typer prints its own defaults.
+    option.help = f"{option.help} \\[default: {shown}]"
+
+
+app = _App(
     name="ricordo",
     help="Continual learning for PyTorch models: update jobs with safe, versioned state.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Group,
 )
 
 # Options shared by `update` and `benchmark`. None means "not given": the stored value (for a
@@ -55,9 +134,12 @@ AcceptModelChange = Annotated[
     ),
 ]
 ModelOption = Annotated[
-    list[str] | None, typer.Option("--model-option", help="k=v passed to model_fn; repeat.")
+    list[str] | None,
+    typer.Option("--model-option", metavar="K=V", help="Passed to model_fn; repeat."),
 ]
-Param = Annotated[list[str] | None, typer.Option("--param", help="Method k=v; repeat.")]
+Param = Annotated[
+    list[str] | None, typer.Option("--param", metavar="K=V", help="Method parameter; repeat.")
+]
 MemorySize = Annotated[int | None, typer.Option(help="Rehearsal memory capacity.")]
 MemoryPolicy = Annotated[
     str | None,
@@ -91,14 +173,25 @@ WeightDecay = Annotated[float | None, typer.Option(help="Weight decay.")]
 BatchSize = Annotated[int | None, typer.Option(help="New-data rows per step.")]
 Epochs = Annotated[int | None, typer.Option(help="Passes over the chunk.")]
 ValFraction = Annotated[float | None, typer.Option(help="Hold out this fraction to validate.")]
-Patience = Annotated[int | None, typer.Option(help="Early stopping after N bad epochs.")]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        help="Stop after N epochs without improvement (default: off; needs --val-fraction)."
+    ),
+]
 Seed = Annotated[int | None, typer.Option(help="Seed of every random choice.")]
 Backend = Annotated[str | None, typer.Option(help="auto, torch or fabric.")]
 Accelerator = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")]
-Devices = Annotated[int | None, typer.Option(help="Devices per update (1).")]
+Devices = Annotated[int | None, typer.Option(help="Devices per update.")]
 Precision = Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed, ...")]
-Strategy = Annotated[str | None, typer.Option(help="Fabric strategy (auto).")]
-Threads = Annotated[int | None, typer.Option(help="CPU threads for training (torch default).")]
+Strategy = Annotated[str | None, typer.Option(help="Fabric strategy.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for training (default: auto: 1 for a small model, i.e. a step under "
+        "20 M multiply-adds; else one per idle core, at most torch's default)."
+    ),
+]
 ShowProgress = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")
 ]
@@ -110,11 +203,14 @@ DataDir = Annotated[
 ]
 Download = Annotated[bool, typer.Option(help="Download missing dataset files (checksummed).")]
 DatasetOption = Annotated[
-    list[str] | None, typer.Option("--dataset-option", help="k=v for the dataset; repeat.")
+    list[str] | None,
+    typer.Option("--dataset-option", metavar="K=V", help="Dataset option; repeat."),
 ]
 ScenarioOption = Annotated[
     list[str] | None,
-    typer.Option("--scenario-option", help="Scenario option k=v, e.g. blurry=0.2; repeat."),
+    typer.Option(
+        "--scenario-option", metavar="K=V", help="Scenario option, e.g. blurry=0.2; repeat."
+    ),
 ]
 Target = Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file.")]
 
@@ -569,9 +665,7 @@ def benchmark(
         bool | None, typer.Option("--download/--no-download", help="Fetch missing files.")
     ] = None,
     scenario: Annotated[str | None, typer.Option(help="Scenario (class-incremental).")] = None,
-    scenario_option: Annotated[
-        list[str] | None, typer.Option("--scenario-option", help="Scenario k=v; repeat.")
-    ] = None,
+    scenario_option: ScenarioOption = None,
     updates: Annotated[int | None, typer.Option(help="Number of chunks (5).")] = None,
     scenario_seed: Annotated[
         int | None, typer.Option(help="Fix the scenario's seed (default: each run's seed).")
@@ -583,7 +677,9 @@ def benchmark(
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (finetune,er,joint).")
     ] = None,
-    method: Annotated[str | None, typer.Option(help="One method.")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="One method (default: the --methods list).")
+    ] = None,
     seeds: Annotated[
         str | None, typer.Option(help="Comma-separated seeds: one run per method and seed.")
     ] = None,
@@ -700,23 +796,53 @@ def benchmark(
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    """The combined table of a benchmark: accuracies in %, mean ± std over seeds."""
+    """The combined table of a benchmark: accuracies in %, mean ± std over seeds.
+
+    It fits the terminal (not a terminal: $COLUMNS, else 80 columns): when the full table is
+    wider, a compact one (short headers, no vertical rules, each std under its mean) and a
+    legend of the short headers; summary.md keeps the full table.
+    """
+    from rich import box
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
-    from ricordo.bench.sweep import summary_table
+    from ricordo.bench.sweep import SHORT_HEADERS, summary_table
 
-    headers, rows = summary_table(summary)
+    console = Console()
     seeds = summary["experiment"]["seeds"]
     title = "Continual-learning metrics (accuracy in %"
     title += f", mean ± std over {len(seeds)} seeds)" if len(seeds) > 1 else ")"
-    table = Table(title=title)
-    table.add_column(headers[0])
-    for header in headers[1:]:
-        table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
+
+    def build(short: bool) -> Table:
+        headers, rows = summary_table(summary, short=short)
+        if short:  # no vertical rules, one space between columns
+            table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+        else:
+            table = Table(title=title, box=box.HEAVY_HEAD)
+        for i, header in enumerate(headers):
+            # Values and method names are never cut (a cut number misleads); headers wrap at
+            # spaces, so a column is as wide as its widest value or header word.
+            lines = [line for row in rows for line in row[i].splitlines()] + header.split()
+            table.add_column(
+                header,
+                justify="left" if i == 0 else "right",
+                no_wrap=i == 0,
+                min_width=max(map(len, lines)),
+            )
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+    table = build(short=False)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    console.print(build(short=True))
+    shown = set(summary_table(summary, short=True)[0])
+    legend = [f"{short} = {long}" for long, short in SHORT_HEADERS.items() if short in shown]
+    console.print("; ".join(legend) + ".", style="dim")
 
 
 @app.command()

@@ -155,3 +155,89 @@ def test_curves_end_labels_do_not_overlap(tmp_path: Path, methods: int) -> None:
         assert len(boxes) == methods
         for low, high in zip(boxes, boxes[1:], strict=False):
             assert high.y0 - low.y1 >= min_gap_px, f"end labels overlap or touch: {low} {high}"
+
+
+# ------------------------------------------------------------------------ benchmark summary table
+
+
+def _summary(methods: dict[str, float], seeds: int) -> dict[str, Any]:
+    """A run_sweep summary: every metric of ``method`` is ``value`` (± 10.5 with seeds)."""
+    from ricordo.bench.sweep import TABLE_METRICS
+
+    std = 0.105 if seeds > 1 else None
+    entries = {
+        name: {
+            "ok": seeds,
+            "runs": seeds,
+            "metrics": {m: {"mean": -value, "std": std} for m in TABLE_METRICS},
+            "task_il": {"average_accuracy": {"mean": value, "std": std}},
+            "timing": {"train_seconds": {"mean": 12.25, "std": 0.5 if std else None}},
+        }
+        for name, value in methods.items()
+    }
+    return {"experiment": {"seeds": list(range(seeds))}, "methods": entries}
+
+
+def _printed(monkeypatch: pytest.MonkeyPatch, capsys: Any, summary: dict[str, Any], **env: str):
+    from ricordo.cli import _print_summary
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    _print_summary(summary)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+@pytest.mark.parametrize("env", [{"COLUMNS": "80"}, {}], ids=["COLUMNS=80", "not-a-terminal"])
+def test_benchmark_summary_fits_80_columns_and_keeps_every_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, seeds: int, env: dict[str, str]
+) -> None:
+    """It was printed 160 columns wide whatever the terminal; output to a file (not a terminal,
+    no $COLUMNS) gets 80 columns too."""
+    methods = {"finetune": 0.131, "offline-er": 0.305, "online-ewc": 0.999}
+    out = _printed(monkeypatch, capsys, _summary(methods, seeds), **env)
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 80, out
+    assert "…" not in out  # nothing cut
+    for name, value in methods.items():
+        row = next(line for line in lines if line.startswith(name))
+        # Six class-IL metrics, then task-IL, then train seconds: each whole on the row.
+        assert row.split()[2:] == [f"{-100 * value:.1f}"] * 6 + [f"{100 * value:.1f}", "12.2"]
+    if seeds > 1:
+        assert out.count("±10.5") == 7 * len(methods), out
+    assert "FWT = forward transfer" in " ".join(out.split())
+
+
+def test_a_wide_terminal_gets_the_full_headers(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    out = _printed(monkeypatch, capsys, _summary({"er": 0.5}, 3), COLUMNS="250")
+    assert "average incremental accuracy" in out and "FWT" not in out
+    assert max(map(len, out.splitlines())) <= 250
+
+
+def test_benchmark_prints_its_summary_in_80_columns(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
+) -> None:
+    import sys
+
+    from ricordo.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    args = ["benchmark", "--methods", "finetune,er", "--seeds", "0,1", "--epochs", "1"]
+    args += ["--hidden", "16", "--workers", "1", "--threads", "1", "--no-progress"]
+    monkeypatch.setattr(sys, "argv", ["ricordo", *args, "--output", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as done:
+        main()
+    assert done.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "Continual-learning metrics" in out
+    assert max(map(len, out.splitlines())) <= 80, out
+    assert [
+        line.split()[:2] for line in out.splitlines() if line.startswith(("finetune", "er "))
+    ] == [
+        ["finetune", "2/2"],
+        ["er", "2/2"],
+    ]

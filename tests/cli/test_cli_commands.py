@@ -27,9 +27,9 @@ COMMANDS = {
     "update": ["--data", "--next-state", "--state", "--overwrite", "--method", "--param"],
     "evaluate": ["--state", "--data", "--output", "--target"],
     "predict": ["--state", "--data", "--output", "--probabilities"],
-    "info": ["state", "--json"],
-    "list": ["root"],
-    "methods": ["name"],
+    "info": ["STATE", "--json"],
+    "list": ["ROOT"],
+    "methods": ["NAME"],
     "benchmark": ["--output", "--methods", "--method", "--epochs", "--memory-size"],
 }
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

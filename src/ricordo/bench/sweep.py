@@ -45,6 +45,16 @@ TABLE_METRICS = (
     "forward_transfer",
 )
 TIMING_KEYS = ("train_seconds", "eval_seconds", "total_seconds", "train_steps")
+# Headers of the terminal table when the full ones do not fit (a legend names them in full).
+SHORT_HEADERS = {
+    "average accuracy": "avg acc",
+    "average incremental accuracy": "avg inc",
+    "micro average accuracy": "micro",
+    "forgetting": "forget",
+    "backward transfer": "BWT",
+    "forward transfer": "FWT",
+    "task-IL average accuracy": "task-IL",
+}
 
 
 def run_sweep(
@@ -454,8 +464,18 @@ def _fmt(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> 
     return text
 
 
-def summary_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the combined table (accuracies in %, mean ± std over seeds)."""
+def summary_table(
+    summary: dict[str, Any], short: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the combined table (accuracies in %, mean ± std over seeds).
+
+    ``short``: for a narrow terminal, headers from :data:`SHORT_HEADERS` and each std on a line
+    of its own under its mean.
+    """
+    if short:
+        headers, rows = summary_table(summary)
+        headers = [SHORT_HEADERS.get(h, h) for h in headers]
+        return headers, [[cell.replace(" ± ", "\n±") for cell in row] for row in rows]
     headers = ["method", "runs", *(m.replace("_", " ") for m in TABLE_METRICS)]
     with_task = any(v["task_il"] for v in summary["methods"].values())
     if with_task:
