@@ -1,36 +1,23 @@
-"""Quick start: update a model chunk by chunk, save each version, reload and continue.
+"""Quick start in Python: the README's snippet, line for line (tests/test_quickstart.py checks).
 
-Run:  .venv/bin/python examples/quickstart.py
+Run it where you installed, after the README's shell quick start or on its own:
+``.venv/bin/python examples/quickstart.py``. It writes the states ``py-state/v0`` and
+``py-state/v1`` in the current folder; a second run refuses to replace them (delete
+``py-state/`` first), as Ricordo never overwrites a state unless asked to.
 """
-
-from __future__ import annotations
-
-import tempfile
-from pathlib import Path
 
 from ricordo import Updater
 from ricordo.data import load_builtin, make_scenario
 
+train, test = load_builtin("digits")
+scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
 
-def main() -> None:
-    train, test = load_builtin("digits")  # scikit-learn's bundled 8x8 digits, offline
-    scenario = make_scenario("class-incremental", train, test, updates=5, seed=0)
-    states = Path(tempfile.mkdtemp(prefix="ricordo-quickstart-"))
+updater = Updater(method="er", memory_size=200, epochs=20, lr=0.05)
+updater.update(scenario.train[0])            # tensors, numpy arrays, (x, y), dicts, torch Datasets
+updater.save("py-state/v0")                  # local path or any fsspec URL (s3://, memory://, ...)
 
-    updater = Updater(method="er", memory_size=200, epochs=20, lr=0.05, seed=0)
-    for k, chunk in enumerate(scenario.train):
-        if k > 0:
-            # A production job starts here: a fresh process loads the previous version.
-            updater = Updater.load(str(states / f"v{k - 1}"))
-        updater.update(chunk)
-        updater.save(str(states / f"v{k}"))
-        seen = scenario.test[: k + 1]
-        accuracy = sum(updater.evaluate(t)["accuracy"] * len(t) for t in seen) / sum(map(len, seen))
-        print(f"v{k}: classes {updater.seen_classes}, accuracy on all seen classes {accuracy:.3f}")
-
-    print("predictions for 10 test images:", updater.predict(scenario.test_all().x[:10]).tolist())
-    print("states written to", states)
-
-
-if __name__ == "__main__":
-    main()
+updater = Updater.load("py-state/v0")        # typically in the next job's process
+updater.update(scenario.train[1])
+updater.save("py-state/v1")
+print(updater.evaluate(scenario.test_all()))  # accuracy, loss and the counts of rows
+print(updater.predict(scenario.test[0].x[:5]))
