@@ -4,6 +4,8 @@ machine: one thread for small models, else the idle cores, never more than torch
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -74,9 +76,20 @@ def test_an_explicit_thread_count_is_kept(monkeypatch: pytest.MonkeyPatch) -> No
     assert resolve_threads(3, DIGITS_MLP, (290, 64), 32) == 3
 
 
-def test_other_runnable_reads_a_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert backend._other_runnable() >= 0
-    assert backend._usable_cores() >= 1
+def test_other_runnable_counts_the_running_processes_but_this_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_open = open
+    loadavg = tmp_path / "loadavg"
+
+    def fake_open(path: object, *args: Any, **kwargs: Any) -> Any:
+        return real_open(loadavg if path == "/proc/loadavg" else path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    loadavg.write_text("0.50 7.26 31.65 3/120 13786\n")  # 3 running: this process and 2 others
+    assert backend._other_runnable() == 2
+    loadavg.write_text("210.36 231.13 99.36 1/89 6995\n")  # a stale 1-minute average is ignored
+    assert backend._other_runnable() == 0
 
 
 def test_an_update_trains_the_digits_mlp_on_one_thread_by_default(
