@@ -165,7 +165,17 @@ MaskUnseen = Annotated[
         help="While training, mask the logits of classes in neither the chunk nor the memory.",
     ),
 ]
-MaxClasses = Annotated[int | None, typer.Option(help="Most classes the head may grow to.")]
+MaxClasses = Annotated[
+    int | None, typer.Option(help="Most classes a growing head may reach (no --num-classes).")
+]
+NumClasses = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        help="Known number of classes (labels 0..N-1): the output layer has N columns from the "
+        "start and never grows (default: it grows with the labels seen).",
+    ),
+]
 Optimizer = Annotated[str | None, typer.Option(help="sgd, adam or adamw.")]
 Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
 Momentum = Annotated[float | None, typer.Option(help="SGD momentum.")]
@@ -413,6 +423,7 @@ def update(
     memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
     max_classes: MaxClasses = None,
+    num_classes: NumClasses = None,
     optimizer: Optimizer = None,
     lr: Lr = None,
     momentum: Momentum = None,
@@ -631,7 +642,10 @@ def methods(
         typer.echo("\n`ricordo methods NAME` describes one, with its parameters (--param k=v).")
         return
     doc = describe(name)
-    lines = [f"{doc.name}: {doc.summary}", f"memory: {doc.memory}", ""]
+    lines = [f"{doc.name}: {doc.summary}", f"memory: {doc.memory}"]
+    if doc.defaults_from:
+        lines.append(f"defaults from: {doc.defaults_from}")
+    lines.append("")
     if doc.params:
         lines.append("parameters (--param k=v):")
         width = max(len(p.name) for p in doc.params)
@@ -674,6 +688,14 @@ def benchmark(
         Path | None,
         typer.Option(help="Folder of pre-split chunks (train-K.npz, test-K.npz) to use instead."),
     ] = None,
+    validation: Annotated[
+        float | None,
+        typer.Option(
+            metavar="F",
+            help="Tune without test sets: hold out F (0 < F <= 0.5) of each training chunk, "
+            "stratified by class, and evaluate on it instead of the test sets.",
+        ),
+    ] = None,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated methods (finetune,er,joint).")
     ] = None,
@@ -701,6 +723,21 @@ def benchmark(
     memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
     max_classes: MaxClasses = None,
+    num_classes: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Columns of the output layer (default: the scenario's number of classes).",
+        ),
+    ] = None,
+    growing_head: Annotated[
+        bool | None,
+        typer.Option(
+            "--growing-head/--fixed-head",
+            help="Grow the output layer as classes arrive instead of sizing it to the "
+            "scenario's classes from the start (the default, as Mammoth).",
+        ),
+    ] = None,
     optimizer: Optimizer = None,
     lr: Lr = None,
     momentum: Momentum = None,
@@ -724,7 +761,9 @@ def benchmark(
 
     With no options: digits, class-incremental, 5 updates, comparing finetune, er and joint.
     Several seeds write OUTPUT/runs/<method>-seed<k>.json and a mean ± std summary; every
-    benchmark writes OUTPUT/experiment.yaml, which `-c` runs again.
+    benchmark writes OUTPUT/experiment.yaml, which `-c` runs again. A grid: --param
+    alpha=0.1,0.3,1 runs der[alpha=0.1], der[alpha=0.3], der[alpha=1]; tune it with
+    --validation 0.2, never on the test sets.
     """
     from ricordo.bench.experiment import Experiment, merge, read_experiment_file
     from ricordo.bench.sweep import run_experiment
@@ -760,6 +799,8 @@ def benchmark(
         "updates": updates,
         "scenario_seed": scenario_seed,
         "chunks": None if chunks is None else str(chunks),
+        "validation": validation,
+        "head": None if growing_head is None else ("growing" if growing_head else "fixed"),
         "methods": method or methods,
         "seeds": seeds if seeds else seed,
         "workers": workers,
@@ -804,15 +845,18 @@ def _print_summary(summary: dict[str, Any]) -> None:
     """
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.measure import Measurement
     from rich.table import Table
 
-    from ricordo.bench.sweep import SHORT_HEADERS, summary_table
+    from ricordo.bench.sweep import SHORT_HEADERS, evaluation_note, summary_table
 
     console = Console()
     seeds = summary["experiment"]["seeds"]
     title = "Continual-learning metrics (accuracy in %"
     title += f", mean ± std over {len(seeds)} seeds)" if len(seeds) > 1 else ")"
+    if summary["experiment"].get("validation"):  # never to be read as test accuracies
+        console.print(evaluation_note(summary["experiment"]["validation"]), style="bold")
 
     def build(short: bool) -> Table:
         headers, rows = summary_table(summary, short=short)
@@ -831,7 +875,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 min_width=max(map(len, lines)),
             )
         for row in rows:
-            table.add_row(*row)
+            # Grid runs are named der[alpha=0.1]: brackets are text here, not rich markup.
+            table.add_row(*(escape(cell) for cell in row))
         return table
 
     table = build(short=False)

@@ -31,6 +31,7 @@ LINEAGE_FIELDS = (
     "memory_policy",
     "memory_storage",
     "max_classes",
+    "num_classes",
 )
 
 
@@ -48,7 +49,11 @@ class UpdateConfig:
     memory_size: int = 500
     memory_policy: str = "reservoir"
     memory_storage: str = "ram"  # "ram" or "mmap" (memory-mapped .npy files: larger than RAM)
-    max_classes: int = 1000
+    max_classes: int = 1000  # the most classes a growing head may reach (num_classes None)
+    # The output layer's width when the classes are known (as Mammoth's networks): N columns from
+    # the first update on, never grown; a label >= N is refused. None: the head grows with the
+    # labels seen (open-ended streams).
+    num_classes: int | None = None
     # How it is trained (may change from one update to the next).
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -158,6 +163,14 @@ class UpdateConfig:
             self.max_classes,
             "an integer >= 1",
         )
+        _check(
+            self.num_classes is None or (_is_int(self.num_classes) and self.num_classes >= 1),
+            "num_classes",
+            self.num_classes,
+            "an integer >= 1: the number of classes, labels 0..N-1 (or none: a growing head)",
+        )
+        if self.num_classes is not None:  # a numpy integer would not go into the JSON state
+            object.__setattr__(self, "num_classes", int(self.num_classes))
         _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
         _check(
             _is_int(self.devices) and self.devices >= 1, "devices", self.devices, "an integer >= 1"

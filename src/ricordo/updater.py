@@ -120,12 +120,16 @@ class Updater:
         """Build the model for data shaped like ``data`` without training (also done by update)."""
         chunk = load_data(data, y)
         if self.model is None:
+            self._check_chunk(chunk)
             self._build_first_model(chunk)
         assert self.model is not None
         return self.model
 
     def _build_first_model(self, chunk: ArrayDataset) -> None:
-        num_classes = max(chunk.classes()) + 1
+        """Build the lineage's model for ``chunk``: ``num_classes`` outputs when it is known,
+        else as many as the chunk's largest label needs (the head grows later)."""
+        fixed = self.config.num_classes
+        num_classes = fixed if fixed is not None else max(chunk.classes()) + 1
         code = None if self.config.config is None else resolve_code(self.config.config)
         self.model_spec = make_spec(
             model=self.config.model,
@@ -135,7 +139,16 @@ class Updater:
             config=code,
             options=self.config.model_options,
         )
-        self.model = build_model(self.model_spec, generator_seed=self.config.seed, code=code)
+        model = build_model(self.model_spec, generator_seed=self.config.seed, code=code)
+        if fixed is not None and num_outputs(model) != fixed:
+            # Narrower code models were widened by build_model; a wider one is not N columns.
+            raise ConfigError(
+                f"the model built by {code.reference if code else self.config.model} has "
+                f"{num_outputs(model)} outputs but num_classes={fixed} (CLI: --num-classes); "
+                "size its output layer with the num_classes argument model_fn receives, or "
+                "leave num_classes unset"
+            )
+        self.model = model
         self.model_spec["num_classes"] = num_outputs(self.model)
         if code is not None:
             # The state and its history record the portable reference (custom_model.py or
@@ -181,7 +194,14 @@ class Updater:
 
     def _check_chunk(self, chunk: ArrayDataset) -> None:
         top = max(chunk.classes())
-        if top >= self.config.max_classes:
+        fixed = self.config.num_classes
+        if fixed is not None and top >= fixed:
+            raise DataError(
+                f"the chunk has label {top} but the model's output layer has num_classes="
+                f"{fixed} columns (labels 0..{fixed - 1}), fixed for this lineage; remap the "
+                "labels, or start a new lineage with a larger num_classes (CLI: --num-classes)"
+            )
+        if fixed is None and top >= self.config.max_classes:
             raise DataError(
                 f"the chunk has label {top} but the model can grow to at most "
                 f"{self.config.max_classes} classes (0..{self.config.max_classes - 1}); "
@@ -204,7 +224,8 @@ class Updater:
             self._build_first_model(chunk)
         assert self.model is not None and self.model_spec is not None
         seen = sorted(set(self.seen_classes) | set(chunk.classes()))
-        grow_output_layer(self.model, max(seen) + 1, generator)
+        if self.config.num_classes is None:  # a known class count fixed the head's width
+            grow_output_layer(self.model, max(seen) + 1, generator)
         self.model_spec["num_classes"] = num_outputs(self.model)
         ctx = UpdateContext(
             model=self.model,

@@ -77,13 +77,14 @@ def test_two_methods_two_seeds_two_workers(
 def test_a_failing_run_is_reported_and_the_others_finish(
     tmp_path: Path, tiny: Callable[..., UpdateConfig]
 ) -> None:
-    # max_classes=2 passes every up-front check but fails at the first chunk (labels up to 9).
+    # max_classes=2 passes every up-front check but fails at the first chunk (labels up to 9)
+    # of a growing head (a fixed head, the default, is sized to the scenario's 10 classes).
     configs = {
         "finetune": tiny("finetune", epochs=1),
         "er-bad": tiny("er", epochs=1, max_classes=2),
     }
     out = tmp_path / "sweep"
-    summary = run_sweep(SPEC, configs, [0], out, workers=1)
+    summary = run_sweep(SPEC, configs, [0], out, workers=1, head="growing")
     assert [f["run"] for f in summary["failed"]] == ["er-bad"]
     assert "DataError" in summary["failed"][0]["error"]
     assert "max-classes" in summary["failed"][0]["error"]
@@ -102,7 +103,7 @@ def test_cli_sweep_with_a_failing_run_exits_non_zero(tmp_path: Path, cli) -> Non
     exp = tmp_path / "exp.yaml"
     exp.write_text(
         "updates: 2\nmethods: [finetune, er]\nepochs: 1\nhidden: [16]\nthreads: 1\n"
-        "workers: 1\nprogress: false\nmethod_options: {er: {max_classes: 2}}\n"
+        "workers: 1\nprogress: false\nmethod_options: {er: {max_classes: 2}}\nhead: growing\n"
     )
     out = tmp_path / "b"
     result = cli("benchmark", "-c", exp, "--output", out)

@@ -14,14 +14,27 @@ worker process from it, every run records it, and ``OUTPUT/experiment.yaml`` rep
     epochs: 5                  # any UpdateConfig field
     method_options:            # per-method UpdateConfig overrides
       er: {memory_size: 200, params: {memory_batch_size: 32}}
+    head: fixed                # output layer: one column per class of the scenario from the
+                               # start (default), or growing (columns added as classes arrive)
+    validation: 0.2            # optional: evaluate on 20 % of each training chunk, not the tests
+
+A method parameter given several values is a grid: ``params: {alpha: [0.1, 0.3, 1]}`` (or
+``--param alpha=0.1,0.3,1``) runs der[alpha=0.1], der[alpha=0.3] and der[alpha=1] (see
+``expand_grids``); ``OUTPUT/experiment.yaml`` records the expanded runs.
 
 Relative paths in a file are relative to the file. The scenario seed is each run's seed unless
 ``scenario_seed`` fixes it (then every seed sees the same class order).
+
+``validation: F`` (``--validation F``) is the tuning mode: each training chunk keeps 1 - F of
+its rows for training and the held-out rows replace the test sets (``ricordo.bench.validation``),
+so hyperparameters can be chosen without looking at a test set; it also applies to ``chunks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +60,10 @@ DATASET_KEYS = (
     "scenario_seed",
     "updates",
 )
-SPEC_KEYS = (*DATASET_KEYS, "chunks")
-RUN_KEYS = ("methods", "seeds", "method_options", "workers", "ray_address", "output")
+# ``validation`` applies to a dataset and to a chunk folder alike.
+SPEC_KEYS = (*DATASET_KEYS, "chunks", "validation")
+RUN_KEYS = ("methods", "seeds", "method_options", "workers", "ray_address", "output", "head")
+HEADS = ("fixed", "growing")  # ricordo.bench.runner.run_benchmark's ``head``
 INFO_KEYS = ("library_version",)
 ALIASES = {"method": "methods", "seed": "seeds"}
 # Dict-valued keys: a CLI override merges into the file's dict instead of replacing it.
@@ -81,6 +96,7 @@ class ScenarioSpec:
     scenario_seed: int | None = None
     updates: int = 5
     chunks: str | None = None
+    validation: float | None = None  # held-out share of each training chunk, evaluated on
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -101,6 +117,10 @@ class ScenarioSpec:
             object.__setattr__(self, name, {str(k): v for k, v in value.items()})
         for name in ("data_dir", "chunks"):
             object.__setattr__(self, name, _path(getattr(self, name)))
+        if self.validation is not None:
+            from ricordo.bench.validation import check_fraction
+
+            object.__setattr__(self, "validation", check_fraction(self.validation))
 
     def seed_for(self, run_seed: int) -> int:
         """The scenario seed of a run: ``scenario_seed`` if fixed, else the run's seed."""
@@ -130,17 +150,23 @@ class ScenarioSpec:
             )
 
     def build(self, run_seed: int) -> Any:
-        """Load the data and cut it into the Scenario a run with ``run_seed`` trains on."""
+        """Load the data and cut it into the Scenario a run with ``run_seed`` trains on.
+
+        With ``validation`` the test chunks are replaced by rows held out from the training
+        chunks (split from the scenario seed), so a run never evaluates on a test set.
+        """
         if self.chunks is not None:
             from ricordo.bench.chunks import load_chunks
 
-            return load_chunks(self.chunks)
+            return load_chunks(
+                self.chunks, validation=self.validation, seed=self.seed_for(run_seed)
+            )
         from ricordo.data import load_builtin, make_scenario
 
         train, test = load_builtin(
             self.dataset, root=self.data_dir, download=self.download, **self.dataset_options
         )
-        return make_scenario(
+        scenario = make_scenario(
             self.scenario,
             train,
             test,
@@ -149,12 +175,19 @@ class ScenarioSpec:
             data_name=self.dataset,
             options=self.scenario_options,
         )
+        if self.validation is None:
+            return scenario
+        from ricordo.bench.validation import validation_scenario
+
+        return validation_scenario(scenario, self.validation, self.seed_for(run_seed))
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML/JSON form: only ``chunks`` for a chunk folder, else the dataset keys."""
+        """The YAML/JSON form: only ``chunks`` for a chunk folder, else the dataset keys;
+        ``validation`` too when set."""
+        extra = {} if self.validation is None else {"validation": self.validation}
         if self.chunks is not None:
-            return {"chunks": self.chunks}
-        return {key: _plain(getattr(self, key)) for key in DATASET_KEYS}
+            return {"chunks": self.chunks, **extra}
+        return {**{key: _plain(getattr(self, key)) for key in DATASET_KEYS}, **extra}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScenarioSpec:
@@ -187,8 +220,14 @@ class Experiment:
     workers: int | None = None
     ray_address: str | None = None
     output: str | None = None
+    head: str = "fixed"  # the output layer: "fixed" to the scenario's classes, or "growing"
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(
+                f"head {self.head!r} is invalid; expected fixed (one output column per class "
+                "of the scenario, the default) or growing (CLI: --growing-head)"
+            )
         object.__setattr__(self, "methods", parse_names(self.methods))
         object.__setattr__(self, "seeds", parse_seeds(self.seeds))
         if self.workers is not None:
@@ -223,8 +262,17 @@ class Experiment:
                     f"valid: method, {', '.join(config_keys())}"
                 )
             per_method[str(name)] = _config_options(extra)
+        methods, options, per_method = expand_grids(self.methods, self.options, per_method)
+        object.__setattr__(self, "methods", parse_names(methods))
+        object.__setattr__(self, "options", options)
         object.__setattr__(self, "method_options", per_method)
-        self.configs()  # every value checked now, not when a worker gets to it
+        configs = self.configs()  # every value checked now, not when a worker gets to it
+        fixing = [n for n, c in configs.items() if c.num_classes is not None]
+        if self.head == "growing" and fixing:
+            raise ConfigError(
+                f"head: growing (CLI: --growing-head) conflicts with num_classes set for "
+                f"{', '.join(fixing)}, which fixes the head; drop one of them"
+            )
 
     def configs(self) -> dict[str, UpdateConfig]:
         """One UpdateConfig per method name (seed: the first seed; a sweep sets each seed)."""
@@ -252,6 +300,7 @@ class Experiment:
         workers: int | None = None,
         ray_address: str | None = None,
         output: str | None = None,
+        head: str = "fixed",
     ) -> Experiment:
         """The experiment running ``configs`` (name -> config) for every seed: values shared by
         all configs become ``options``, the others ``method_options``."""
@@ -278,6 +327,7 @@ class Experiment:
             workers=workers,
             ray_address=ray_address,
             output=output,
+            head=head,
         )
 
     def resolved(self) -> Experiment:
@@ -289,6 +339,7 @@ class Experiment:
             workers=self.workers,
             ray_address=self.ray_address,
             output=self.output,
+            head=self.head,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,6 +350,7 @@ class Experiment:
         data["seeds"] = list(full.seeds)
         data["workers"] = full.workers
         data["ray_address"] = full.ray_address
+        data["head"] = full.head
         varying = {k for extra in full.method_options.values() for k in extra}
         data.update({k: _plain(full.options.get(k)) for k in config_keys() if k not in varying})
         data["method_options"] = _plain(full.method_options)
@@ -424,6 +476,84 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
         else:
             result[key] = value
     return result
+
+
+def expand_grids(
+    methods: Sequence[str],
+    options: Mapping[str, Any],
+    method_options: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[str], dict[str, Any], dict[str, dict[str, Any]]]:
+    """Methods, shared options and per-method options with every parameter grid expanded.
+
+    A method parameter given several values, as a list (``params: {alpha: [0.1, 1]}``) or
+    comma-separated (``--param alpha=0.1,1``), is a grid: the method runs once per value, or
+    per combination when several parameters have grids, under the name
+    ``der[alpha=0.1]`` / ``der[alpha=0.1,beta=0.5]`` (a ``method_options`` entry with the
+    ``method`` key and the scalar values). A grid in the shared ``params`` applies to every
+    method; a method's own value for that parameter replaces it. Scalars pass through unchanged,
+    so an experiment without grids is returned as is.
+    """
+    shared = dict(options.get("params") or {})
+    shared_grids = {k for k, v in shared.items() if _grid_values(v) is not None}
+    result_options = dict(options)
+    if shared_grids:  # each method carries its own values from now on
+        rest = {k: v for k, v in shared.items() if k not in shared_grids}
+        if rest:
+            result_options["params"] = rest
+        else:
+            del result_options["params"]
+    names: list[str] = []
+    per_method: dict[str, dict[str, Any]] = {}
+    for name in methods:
+        extra = dict(method_options.get(name, {}))
+        own = dict(extra.get("params") or {})
+        grids: dict[str, list[Any]] = {}
+        for key, value in {**shared, **own}.items():
+            values = _grid_values(value)
+            if values is not None:
+                grids[key] = values
+        if not grids:
+            names.append(name)
+            if name in method_options:
+                per_method[name] = extra
+            continue
+        for combo in itertools.product(*grids.values()):
+            chosen = dict(zip(grids, combo, strict=True))
+            label = f"{name}[{','.join(f'{k}={_show(v)}' for k, v in chosen.items())}]"
+            scalars = {k: v for k, v in own.items() if k not in grids}
+            names.append(label)
+            per_method[label] = {
+                **extra,
+                "method": extra.get("method", name),
+                "params": {**scalars, **chosen},
+            }
+    return names, result_options, per_method
+
+
+def _grid_values(value: Any) -> list[Any] | None:
+    """The values of a grid (a list, or a string with commas), or None for a single value."""
+    if isinstance(value, str) and "," in value:
+        items: Any = [_scalar(item.strip()) for item in value.split(",") if item.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return None
+    if not items:
+        raise ConfigError(f"parameter grid {value!r} has no value; e.g. alpha=0.1,0.3,1")
+    return items
+
+
+def _scalar(text: str) -> Any:
+    """A grid item typed on the command line: a JSON number or boolean, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _show(value: Any) -> str:
+    """A grid value in a run name: text as is, other values as JSON (0.1, 1, true)."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def parse_names(value: Any) -> tuple[str, ...]:

@@ -3,6 +3,16 @@
 The results (``results.json``) hold the class-incremental accuracy matrix and its metrics, the
 task-incremental view of the same run when it is meaningful (``task_il``), the size of every test
 chunk, and per-update cost: seconds of training and evaluation, steps, peak memory.
+
+``evaluated_on`` says what the "test" chunks were: ``"test"``, or ``"validation"`` when the
+scenario came from ``ricordo benchmark --validation F`` (rows held out from the training chunks;
+then every accuracy and ``test_sizes`` are about those rows and no test set was used).
+
+The output layer: a benchmark knows its scenario's classes, so by default (``head="fixed"``) the
+model has one column per class from the start, as in Mammoth (``num_classes`` in the recorded
+config); ``head="growing"`` keeps the open-ended growing head instead. After an update the argmax
+is taken among the classes learnt so far, as Mammoth's evaluation does (``outputs[:,
+:n_seen_classes]``): an untrained column never decides a prediction, whatever the head's width.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from torch import Tensor
 from ricordo import __version__
 from ricordo.config import UpdateConfig
 from ricordo.data.scenarios import Scenario
+from ricordo.errors import ConfigError
 from ricordo.metrics.continual import summarize
 from ricordo.updater import Updater
 
@@ -31,8 +42,14 @@ def run_benchmark(
     output: str | Path | None = None,
     *,
     task_il: bool | None = None,
+    head: str = "fixed",
 ) -> dict[str, Any]:
     """Train ``config`` through ``scenario``; return (and write ``output/results.json``) results.
+
+    ``head``: ``"fixed"`` (default) sizes the output layer to the scenario's classes
+    (``config.num_classes``, or :func:`scenario_num_classes` when it is unset); ``"growing"``
+    grows it with the labels seen (``config.num_classes`` must then be unset). The results record
+    which (``head``) and the config used (``config.num_classes``).
 
     Row ``i`` of the accuracy matrix is measured after update ``i``; column ``j`` is chunk ``j``'s
     test set. Chunks not trained yet are measured too (forward transfer needs them).
@@ -47,6 +64,7 @@ def run_benchmark(
     started = time.perf_counter()
     if task_il is None:
         task_il = task_il_applies(scenario)
+    config = head_config(config, head, scenario)
     updater = Updater(config)
     updater.initialize(scenario.train[0])
     uses_cuda = _uses_cuda(config)
@@ -56,11 +74,14 @@ def run_benchmark(
         nonlocal eval_seconds
         t0 = time.perf_counter()
         class_row, task_row = [], []
+        # Before the first update: the untrained model over all its outputs (the baseline of
+        # forward transfer); after it, the argmax among the classes learnt so far.
+        learnt = updater.seen_classes if updater.updates else None
         for j, test in enumerate(scenario.test):
             logits = updater.predict_logits(test.x)
-            class_row.append(_accuracy(logits, test.y))
+            class_row.append(_accuracy(logits, test.y, learnt=learnt))
             if task_il:
-                task_row.append(_accuracy(logits, test.y, scenario.chunk_classes[j]))
+                task_row.append(_accuracy(logits, test.y, scenario.chunk_classes[j], learnt=learnt))
         eval_seconds += time.perf_counter() - t0
         return class_row, task_row
 
@@ -97,6 +118,7 @@ def run_benchmark(
     results: dict[str, Any] = {
         "library_version": __version__,
         "config": config.to_dict(),
+        "head": head,
         "scenario": {
             "name": scenario.name,
             "updates": len(scenario),
@@ -104,6 +126,7 @@ def run_benchmark(
             "task_incremental": bool(getattr(scenario, "task_incremental", False)),
             **scenario.info,
         },
+        "evaluated_on": "validation" if "validation" in scenario.info else "test",
         "test_sizes": test_sizes,
         "accuracy_matrix": matrix,
         "initial_accuracy": initial,
@@ -146,11 +169,57 @@ def task_il_applies(scenario: Scenario) -> bool:
     return True
 
 
-def _accuracy(logits: Tensor, y: Tensor, classes: Sequence[int] | None = None) -> float:
-    """Top-1 accuracy; with ``classes``, the argmax is taken among those classes only.
+HEADS = ("fixed", "growing")
 
-    Labels beyond the model's outputs count as errors (as in ``Updater.evaluate``).
+
+def scenario_num_classes(scenario: Scenario) -> int:
+    """The classes a scenario's output layer needs: one past the largest class id among its
+    chunks' classes (``chunk_classes``, a chunk folder's scenario.json) and its labels."""
+    top = max((int(c) for classes in scenario.chunk_classes for c in classes), default=-1)
+    for chunk in (*scenario.train, *scenario.test):
+        if len(chunk):
+            top = max(top, int(chunk.y.max()))
+    return top + 1
+
+
+def head_config(config: UpdateConfig, head: str, scenario: Scenario) -> UpdateConfig:
+    """``config`` with the output layer ``head`` asks for on ``scenario`` (see run_benchmark)."""
+    if head not in HEADS:
+        raise ConfigError(f"head {head!r} is invalid; expected one of {HEADS}")
+    if head == "growing":
+        if config.num_classes is not None:
+            raise ConfigError(
+                f"head: growing (CLI: --growing-head) conflicts with num_classes="
+                f"{config.num_classes}, which fixes the head; drop one of them"
+            )
+        return config
+    needed = scenario_num_classes(scenario)
+    if config.num_classes is None:
+        return config.replace(num_classes=needed)
+    if config.num_classes < needed:
+        raise ConfigError(
+            f"num_classes={config.num_classes} (CLI: --num-classes) is too small for the "
+            f"scenario {scenario.name!r}, whose labels go up to {needed - 1}; pass at least "
+            f"{needed} or leave it unset"
+        )
+    return config
+
+
+def _accuracy(
+    logits: Tensor,
+    y: Tensor,
+    classes: Sequence[int] | None = None,
+    *,
+    learnt: Sequence[int] | None = None,
+) -> float:
+    """Top-1 accuracy; with ``classes``, the argmax is taken among those classes only, and with
+    ``learnt`` among the classes the model has been trained on (also in ``classes``, if given).
+
+    Labels beyond the model's outputs, or outside ``classes``/``learnt``, count as errors.
     """
+    if learnt is not None:
+        trained = {int(c) for c in learnt}
+        classes = [c for c in (learnt if classes is None else classes) if int(c) in trained]
     if classes is not None:
         allowed = torch.zeros(logits.shape[1], dtype=torch.bool)
         ids = [int(c) for c in classes if 0 <= int(c) < logits.shape[1]]

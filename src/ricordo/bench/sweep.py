@@ -29,7 +29,7 @@ from typing import Any
 
 from ricordo import __version__
 from ricordo.bench.experiment import Experiment, ScenarioSpec, parse_seeds, save_experiment
-from ricordo.bench.runner import run_benchmark, write_json
+from ricordo.bench.runner import HEADS, head_config, run_benchmark, write_json
 from ricordo.config import UpdateConfig
 from ricordo.errors import ConfigError
 
@@ -66,6 +66,7 @@ def run_sweep(
     ray_address: str | None = None,
     *,
     on_done: RunCallback | None = None,
+    head: str = "fixed",
 ) -> dict[str, Any]:
     """Run every config with every seed on the scenario ``scenario_spec``; return the summary.
 
@@ -74,7 +75,9 @@ def run_sweep(
     ``min(runs, usable CPUs)``; 1 runs in this process); each worker process uses
     ``max(1, cores // workers)`` torch threads unless the config sets ``threads``.
     ``ray_address``: run on a Ray cluster instead (``"local"`` starts one on this machine; Ray is
-    the ``hpo`` extra). ``on_done`` is called with each run's record as it finishes.
+    the ``hpo`` extra). ``on_done`` is called with each run's record as it finishes. ``head``:
+    the output layer of every run, ``"fixed"`` to the scenario's classes or ``"growing"`` (see
+    :func:`ricordo.bench.runner.run_benchmark`).
 
     Every method name and its ``params``, and the scenario (built once here for the first seed,
     except on a remote Ray cluster, whose nodes may hold data this machine lacks), are checked
@@ -99,11 +102,15 @@ def run_sweep(
         raise ConfigError(f"--workers {workers!r} is invalid; expected an integer >= 1")
     workers = min(workers, runs)
     spec.check()
+    if head not in HEADS:
+        raise ConfigError(f"head {head!r} is invalid; expected one of {HEADS}")
     if ray_address is None or ray_address == "local":
         _SCENARIO_CACHE.clear()
-        _SCENARIO_CACHE[_cache_key(spec.to_dict(), spec, seeds[0])] = spec.build(seeds[0])
+        first = _SCENARIO_CACHE[_cache_key(spec.to_dict(), spec, seeds[0])] = spec.build(seeds[0])
+        for config in named.values():  # a head that cannot fit fails before any run
+            head_config(config, head, first)
     experiment = Experiment.from_configs(
-        spec, named, seeds, workers=workers, ray_address=ray_address
+        spec, named, seeds, workers=workers, ray_address=ray_address, head=head
     )
     described = experiment.to_dict()
     layout = "single" if runs == 1 else ("methods" if len(seeds) == 1 else "runs")
@@ -121,6 +128,7 @@ def run_sweep(
                     "spec": spec.to_dict(),
                     "config": config.replace(seed=seed).to_dict(),
                     "experiment": described,
+                    "head": head,
                     "threads": None,
                 }
             )
@@ -178,6 +186,7 @@ def run_experiment(
         workers=experiment.workers,
         ray_address=experiment.ray_address,
         on_done=on_done,
+        head=experiment.head,
     )
 
 
@@ -212,7 +221,7 @@ def execute_run(task: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
         if key not in _SCENARIO_CACHE:  # the methods of one seed share it within a worker
             _SCENARIO_CACHE.clear()
             _SCENARIO_CACHE[key] = spec.build(task["seed"])
-        results = run_benchmark(_SCENARIO_CACHE[key], config)
+        results = run_benchmark(_SCENARIO_CACHE[key], config, head=task.get("head", "fixed"))
     except Exception as error:
         if not isolate:
             raise
@@ -504,9 +513,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "# Benchmark summary",
         "",
         f"ricordo {summary['library_version']} · {where} · seeds "
-        f"{', '.join(map(str, exp['seeds']))} · accuracies in %, mean ± std over seeds",
+        f"{', '.join(map(str, exp['seeds']))} · "
+        + (f"{exp['head']} output layer · " if exp.get("head") else "")
+        + "accuracies in %, mean ± std over seeds",
         "",
     ]
+    if exp.get("validation"):
+        lines += [f"**{evaluation_note(exp['validation'])}**", ""]
     headers, rows = summary_table(summary)
     lines += _markdown_table(headers, rows)
     task_rows = [
@@ -523,6 +536,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "## Failed runs", ""]
         lines += [f"- `{f['run']}`: {f['error']}" for f in summary["failed"]]
     return "\n".join(lines) + "\n"
+
+
+def evaluation_note(fraction: float) -> str:
+    """The line every table of a validation-mode benchmark carries, so that its numbers are
+    never taken for test accuracies."""
+    return (
+        f"Validation split: evaluated on {100 * fraction:g} % of each training chunk, held out "
+        "from training; no test set was used."
+    )
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:

@@ -6,29 +6,40 @@ that saw it (the forward pass before the optimizer step, on the augmented row, a
 DER adds ``alpha * MSE(current logits, stored logits)`` on a replayed batch; DER++ also adds
 ``beta * CE`` on a second, independently drawn replayed batch.
 
-Growing heads: Mammoth's networks have every class column from the start and match them all,
+Output columns: Mammoth's networks have every class column from the start and match them all,
 including the columns of future classes, which the softmax pushes down on every row (they are
 never the label); matching those low values is what stops new classes from taking over old rows.
-Here the output layer grows when classes arrive, so stored rows lack the new columns. At the
+With a known class count (``num_classes``, CLI ``--num-classes``; always in ``ricordo
+benchmark``) the head is the same here: every row stores and matches all N columns, future
+classes included, and ``new_columns`` never applies.
+
+Growing heads (``num_classes`` unset, for open-ended streams): the output layer grows when
+classes arrive, so stored rows lack the new columns. At the
 start of each update a row gets, for each new column, the column's current logit clipped from
 above by the row's lowest stored logit (``new_columns="clip"``): a class the row never saw is no
 more likely than the least likely class it did see. ``new_columns="current"``, the unclipped
-logit (the previous rule), reproduces older runs. Evidence (digits class-IL, MLP 256,128,
+logit (the previous rule), reproduces older runs. Both are our rules (Mammoth has no growing
+head); what they cost: one forward pass over the memory in an update whose head grew, and targets
+guessed for columns the row never met. Evidence (digits class-IL, MLP 256,128,
 20 epochs, memory 100, average accuracy over seeds 0-9): task-0 rows are stored with small
 logits (seed 2: within [-1.4, 2.3]), so a fresh column's target (~0) sits barely below the true
 class and a small MSE hands the rows to new classes (seed 2: task 0 falls to 0.13 after update 2
 with an MSE of 0.37 on its rows). Clipping: 76.3 ± 7.3 instead of 72.6 ± 10.6 at alpha=0.3,
 85.8 ± 5.1 instead of 84.5 ± 6.3 at alpha=1 (matching only the old columns: 0.43 at alpha=3).
 
-``alpha`` = 1.0 is Mammoth's best for DER with buffer 500 (our default memory) on its MLP
-benchmarks, seq-MNIST and perm-MNIST; the previous 0.3 is its seq-CIFAR-10 (ResNet, 50 epochs)
-value. The logit MSE is a soft constraint whose pull grows with the error, so it restores old
-rows only once the new chunk's cross-entropy has faded, which takes many steps; digits updates
-are short (~9 steps an epoch). With alpha=0.3, DER lost to ER at 20 epochs (72.6 ± 10.6 vs
-85.5 ± 1.9) yet beat it, unchanged, at 80 epochs (92.5 ± 2.8 vs 90.6 ± 1.7, seeds 0-2); with
-alpha=1 and clipping it matches ER at 20 epochs (85.8 ± 5.1 vs 85.5 ± 1.9; memory 500: 88.0 ± 5.5
-vs 88.6 ± 1.7). In very short updates it still trails ER (5 epochs, seeds 0-2: 37.0 vs 55.1,
-was 19.1); DER++'s replay cross-entropy suits those better.
+Defaults: Mammoth's best arguments for seq-MNIST with buffer 500 (utils/best_args.py; an MLP
+benchmark like our digits), for both methods: DER ``alpha`` 1.0; DER++ ``alpha`` 1.0 and ``beta``
+0.5 (DER++ used to take seq-CIFAR-10's alpha 0.2). Mammoth replayed 128 rows per step for DER and
+10 for DER++ with batches of 10, at lr 0.03, one epoch; here the replayed batch is --batch-size
+rows and the training options are UpdateConfig's.
+
+Measured here (not how the defaults were chosen): the logit MSE is a soft constraint whose pull
+grows with the error, so it restores old rows only once the new chunk's cross-entropy has faded,
+which takes many steps; digits updates are short (~9 steps an epoch). With alpha=0.3, DER lost to ER
+at 20 epochs (72.6 ± 10.6 vs 85.5 ± 1.9) yet beat it, unchanged, at 80 epochs (92.5 ± 2.8 vs
+90.6 ± 1.7, seeds 0-2); with alpha=1 and clipping it matches ER at 20 epochs (85.8 ± 5.1 vs
+85.5 ± 1.9; memory 500: 88.0 ± 5.5 vs 88.6 ± 1.7). In very short updates it still trails ER
+(5 epochs, seeds 0-2: 37.0 vs 55.1, was 19.1); DER++'s replay cross-entropy suits those better.
 
 The ``logits`` field is as wide as the model's output layer: it is widened (zero-padded) when
 the head grows, and ``width`` counts each row's valid columns; the MSE averages over valid
@@ -66,10 +77,13 @@ def _check_weight(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class DERParams:
-    alpha: float = 1.0  # logit-MSE weight; Mammoth best for DER, seq-/perm-MNIST, buffer 500
-    memory_batch_size: int | None = None  # rows per replayed batch; None = batch size (Mammoth)
-    # Targets of stored rows for output columns added later: "clip" = the column's logit at the
-    # start of the update, at most the row's lowest stored logit; "current" = that logit as is.
+    alpha: float = 1.0  # logit-MSE weight; Mammoth best, seq-MNIST, buffer 500
+    # Rows per replayed batch; None = --batch-size (Mammoth's seq-MNIST best: 128 for DER, 10 for
+    # DER++, with batches of 10).
+    memory_batch_size: int | None = None
+    # Growing heads only (num_classes unset): targets of stored rows for output columns added
+    # later: "clip" = the column's logit at the start of the update, at most the row's lowest
+    # stored logit; "current" = that logit as is. A fixed head stores every column from the start.
     new_columns: str = "clip"
 
     def __post_init__(self) -> None:
@@ -82,8 +96,8 @@ class DERParams:
 
 @dataclass(frozen=True)
 class DERPPParams(DERParams):
-    alpha: float = 0.2  # Mammoth best for DER++ on seq-cifar10 with buffer 500 (our default size)
-    beta: float = 0.5  # replay cross-entropy weight; same source
+    alpha: float = 1.0  # logit-MSE weight; Mammoth best for DER++, seq-MNIST, buffer 500
+    beta: float = 0.5  # replay cross-entropy weight; Mammoth best, seq-MNIST, buffer 500
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -95,6 +109,7 @@ class DarkExperienceReplay(ExperienceReplay):
     name = "der"
     Params = DERParams
     summary = "Replay memory rows and match the logits stored when they were inserted (MSE)."
+    defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500"
     _inserted: Tensor | None = None  # logits of the last new batch, stored by after_step
 
     @classmethod
@@ -174,7 +189,13 @@ class DarkExperienceReplay(ExperienceReplay):
         padded = logits.new_zeros(n, width)
         padded[:, :k] = logits
         widths = torch.full((n,), k, dtype=torch.int64)
-        self.memory.add({"x": batch.x, "y": batch.y, "logits": padded, "width": widths})
+        extra = self._row_extras()
+        self.memory.add({"x": batch.x, "y": batch.y, "logits": padded, "width": widths, **extra})
+
+    def _row_extras(self) -> dict[str, Tensor]:
+        """Fields a subclass stores with each new row besides x, y and the logits (Super-ER:
+        the POD features of its training step)."""
+        return {}
 
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         self._inserted = None
@@ -185,3 +206,4 @@ class DarkExperienceReplayPP(DarkExperienceReplay):
     name = "der++"
     Params = DERPPParams
     summary = "DER plus cross-entropy on a second replayed batch (Buzzega et al. 2020)."
+    defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500"

@@ -5,9 +5,18 @@ Learning" (ICLR). The incoming batch's cross-entropy is computed over the classe
 batch only (the other logits are masked out), so new data cannot push down the logits of old
 classes; the replayed batch uses the full cross-entropy. As in the authors' code (and Mammoth), the
 mask applies from the second update on: in the first there are no old classes to protect.
+Classes never seen yet stay in the incoming cross-entropy, as in the authors' code ("unmask
+unseen classes"): only the seen classes absent from the batch are masked, taken from the
+lineage's seen classes, not from the head's width (a head sized by ``num_classes`` has columns
+for future classes from the start).
+
+Defaults: ER-ACE has no hyperparameter of its own; the replayed batch is as large as the incoming
+one, as in the paper (10 + 10 rows). Mammoth's best arguments have no seq-MNIST entry for it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -19,10 +28,21 @@ from ricordo.methods.base import Batch, UpdateContext, register
 from ricordo.methods.er import ERParams, ExperienceReplay
 
 
+@dataclass(frozen=True)
+class ERACEParams(ERParams):
+    # Rows drawn from the memory per step; None = --batch-size (the paper and its code replay as
+    # many rows as arrive, 10 + 10; Mammoth has no seq-MNIST entry for ER-ACE).
+    memory_batch_size: int | None = None
+
+
 @register
 class ERACE(ExperienceReplay):
     name = "er-ace"
-    Params = ERParams  # memory_batch_size: None = batch size (the paper replays 10 + 10 rows)
+    Params = ERACEParams
+    defaults_from = (
+        "the paper and the authors' code (no method hyperparameters; replayed batch = batch "
+        "size); Mammoth has no seq-MNIST entry"
+    )
     summary = "ER with the incoming batch's cross-entropy restricted to its own classes."
 
     @classmethod
@@ -38,7 +58,8 @@ class ERACE(ExperienceReplay):
         n = len(batch.y)
         new = logits[:n]
         if ctx.update_index > 0:
-            absent = torch.ones(new.shape[1], dtype=torch.bool, device=new.device)
+            absent = torch.zeros(new.shape[1], dtype=torch.bool, device=new.device)
+            absent[[c for c in ctx.seen_classes if c < new.shape[1]]] = True
             absent[batch.y] = False
             new = new.masked_fill(absent, torch.finfo(new.dtype).min)
         loss = F.cross_entropy(new, batch.y)
