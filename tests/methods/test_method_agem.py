@@ -1,5 +1,6 @@
-"""a-gem: learns, survives save/load (also in a new process), fills a reservoir from the stream,
-and projects every gradient onto the half-space where it does not conflict with g_ref."""
+"""a-gem: learns, survives save/load (also in a new process), fills a reservoir with past chunks
+only, and projects every gradient onto the half-space where it does not conflict with g_ref.
+Its gradient by hand and the 1/5/20-epoch question: test_agem_fidelity.py."""
 
 from __future__ import annotations
 
@@ -45,16 +46,29 @@ def test_agem_state_continues_identically_in_a_new_process(
     assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
-def test_agem_memory_is_a_reservoir_of_the_stream(digits_scenario: Scenario) -> None:
+def test_agem_memory_is_a_reservoir_of_past_chunks(digits_scenario: Scenario) -> None:
+    """Each chunk's rows are offered once, after its update: the memory never holds rows of
+    the chunk being learnt (the paper, Mammoth and Avalanche store past tasks only)."""
     updater = Updater(method="a-gem", **FAST)
-    for chunk in digits_scenario.train[:2]:
-        updater.update(chunk)
-    stored = updater.memory.get()
-    assert len(updater.memory) == 100
-    assert updater.memory.seen == FAST["epochs"] * sum(len(c) for c in digits_scenario.train[:2])
-    classes = set(stored["y"].tolist())
-    for chunk_classes in digits_scenario.chunk_classes[:2]:
-        assert classes & set(chunk_classes)
+    first, second = digits_scenario.train[:2]
+    seen_during: list[int] = []
+    before_step = updater.method.before_step
+
+    def spy(batch: Batch, ctx: UpdateContext) -> None:
+        seen_during.append(len(updater.memory))
+        before_step(batch, ctx)
+
+    updater.method.before_step = spy  # type: ignore[method-assign]
+    updater.update(first)
+    assert set(seen_during) == {0}  # the first update trains with an empty memory
+    assert updater.memory.seen == len(first) and len(updater.memory) == 100
+    stored = set(updater.memory.get()["y"].tolist())
+    assert stored == set(digits_scenario.chunk_classes[0])
+    seen_during.clear()
+    updater.update(second)
+    assert set(seen_during) == {100}
+    assert updater.memory.seen == len(first) + len(second)
+    assert set(updater.memory.get()["y"].tolist()) > stored  # now both chunks
 
 
 def test_agem_projected_gradient_does_not_conflict_with_the_reference(
@@ -77,7 +91,7 @@ def test_agem_projected_gradient_does_not_conflict_with_the_reference(
 
     def spy_before_step(batch: Batch, ctx: UpdateContext) -> None:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
-        if len(memory) == 0:  # the very first step: nothing to project on
+        if len(memory) == 0:  # the first update: nothing to project on
             empty.append(1)
             return before_step(batch, ctx)
         raw = torch.cat([p.grad.flatten() for p in params])
@@ -101,8 +115,8 @@ def test_agem_projected_gradient_does_not_conflict_with_the_reference(
     memory.sample, method.before_step = spy_sample, spy_before_step  # type: ignore[method-assign]
     for chunk in digits_scenario.train[:2]:  # mostly agreeing, then mostly conflicting
         updater.update(chunk)
-    steps = sum(record["train"]["steps"] for record in updater.history)
-    assert len(empty) == 1 and len(projected) + len(kept) == steps - 1
+    first, second = (record["train"]["steps"] for record in updater.history)
+    assert len(empty) == first and len(projected) + len(kept) == second
     assert projected and kept  # both branches were exercised
 
 

@@ -40,6 +40,11 @@ def test_method_trains_with_mask_unseen(name: str, digits_scenario: Scenario) ->
 UNSUITED = {("gdumb", "permutation"): "GDumb suits class- and task-incremental streams"}
 
 
+# Renate divides super-er's loss by 1 + the sum of its weights (4.1 by default): its new-batch
+# cross-entropy takes ~4x smaller steps, so it gets the same 3 epochs at 4x the learning rate.
+LEARNING_RATES = {"super-er": 0.4}
+
+
 @pytest.fixture(scope="module")
 def scenarios() -> dict[str, Scenario]:
     train, test = load_builtin("digits")
@@ -55,7 +60,8 @@ def test_method_learns_in_class_task_and_domain_incremental_streams(
     """Two updates of each kind of stream: every method learns what it was shown, or says that the
     stream does not suit it."""
     scenario = scenarios[kind]
-    updater = Updater(method=name, epochs=3, memory_size=60, hidden=(32,), lr=0.1, progress=False)
+    lr = LEARNING_RATES.get(name, 0.1)
+    updater = Updater(method=name, epochs=3, memory_size=60, hidden=(32,), lr=lr, progress=False)
     with caplog.at_level(logging.WARNING, logger="ricordo.methods"):
         for chunk in scenario.train[:2]:
             updater.update(chunk)

@@ -1,7 +1,7 @@
 """Shared pieces of the ER family (CLS-ER, POD-ER, Super-ER): weight copies, consistency targets,
-pooled feature distillation, shrink-and-perturb.
+pooled feature distillation against features cached in the memory, shrink-and-perturb.
 
-Copies of the model (CLS-ER's EMA models, POD's frozen snapshot) are plain dicts of tensors keyed
+Copies of the model (CLS-ER's EMA models) are plain dicts of tensors keyed
 like ``model.state_dict()`` and run through ``torch.func.functional_call``: no second module to
 keep in sync, only tensors to save, and a grown output layer is padded in place.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,9 @@ from torch.nn import functional as F
 
 from ricordo.errors import ConfigError
 from ricordo.models.head import output_layer, unwrap
+
+if TYPE_CHECKING:
+    from ricordo.memory import TensorMemory
 
 Weights = dict[str, Tensor]
 
@@ -199,53 +203,117 @@ def captured(layers: Sequence[nn.Module]) -> Iterator[list[Tensor]]:
             handle.remove()
 
 
-def pod_loss(new: Sequence[Tensor], old: Sequence[Tensor], pooling: str, normalize: bool) -> Tensor:
-    """PODNet's distance averaged over layers: squared 4-D maps pooled by ``pooling``, other
-    features flattened; rows optionally L2-normalised; per-row L2 distance, batch mean."""
+def pool_features(features: Sequence[Tensor], pooling: str) -> list[Tensor]:
+    """Each layer's features as POD compares them, one float32 (N, d) tensor per layer: 4-D maps
+    squared and pooled by ``pooling`` (as PODNet and Renate), other features flattened. Not yet
+    normalised: ``pod_distance`` does that, so cached features serve either ``normalize``."""
+    pooled = []
+    for f in features:
+        f = f.float()
+        pooled.append(POOLINGS[pooling](f.square()) if f.dim() == 4 else f.flatten(1))
+    return pooled
+
+
+def pod_distance(new: Sequence[Tensor], old: Sequence[Tensor], normalize: bool) -> Tensor:
+    """PODNet's distance between pooled features (``pool_features``), averaged over layers: rows
+    optionally L2-normalised, then each row's L2 distance, averaged over rows."""
     if not new or len(new) != len(old):
         raise ConfigError(
             f"POD compares {len(new)} new with {len(old)} old features; need >= 1 each"
         )
     total = new[0].new_zeros((), dtype=torch.float32)
     for a, b in zip(new, old, strict=True):
-        a, b = a.float(), b.float()
-        if a.dim() == 4:
-            a, b = POOLINGS[pooling](a.square()), POOLINGS[pooling](b.square())
-        a, b = a.flatten(1), b.flatten(1)
+        a, b = a.float().flatten(1), b.float().flatten(1)
         if normalize:
             a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
         total = total + (a - b).norm(dim=1).mean()
     return total / len(new)
 
 
-class PooledDistillation:
-    """POD between the working model and a frozen snapshot taken at the start of an update."""
+def pod_loss(new: Sequence[Tensor], old: Sequence[Tensor], pooling: str, normalize: bool) -> Tensor:
+    """POD between two sets of raw layer outputs (``pod_distance`` of their pooled features)."""
+    return pod_distance(pool_features(new, pooling), pool_features(old, pooling), normalize)
+
+
+class CachedPOD:
+    """POD against features cached with each memory row when it was stored, as in Renate.
+
+    Each new row enters the memory with the pooled features (``pool_features``) that the forward
+    pass of its training step gave it, in fields ``pod_0``, ``pod_1``, ... (one per layer of
+    ``pod_layers``); a replayed row's current features are pulled toward those. A memory whose
+    rows lack the fields (a state written before features were cached) gets them from the model
+    at ``begin``, i.e. the rows are treated as inserted then. The pooling of the cached features
+    is fixed once a row holds them; ``begin`` refuses another one.
+    """
 
     def __init__(self) -> None:
         self.layers: list[nn.Module] = []
-        self.snapshot: Weights | None = None
+        self.pooling: str | None = None  # pooling of the cached features (None: none cached yet)
 
-    def begin(self, model: nn.Module, snapshot: bool) -> None:
+    def fields(self, count: int | None = None) -> list[str]:
+        """Names of the memory fields holding the cached features (``count`` layers)."""
+        return [f"pod_{i}" for i in range(len(self.layers) if count is None else count)]
+
+    def begin(
+        self, model: nn.Module, memory: TensorMemory | None, pooling: str, batch_size: int
+    ) -> None:
+        """Find the layers (every update, so a model without any fails at once) and give the
+        stored rows cached features where they have none (``memory`` may be None)."""
         self.layers = pod_layers(model)  # checked every update, so a bad model fails at once
-        self.snapshot = copy_weights(model) if snapshot else None
+        filled = memory is not None and len(memory) > 0
+        if filled and self.pooling is not None and pooling != self.pooling:
+            raise ConfigError(
+                f"pod_pooling={pooling!r} differs from {self.pooling!r}, with which the features "
+                f"cached in the memory were pooled; keep pod_pooling={self.pooling!r} for this "
+                "lineage"
+            )
+        self.pooling = pooling
+        if memory is None or not filled or all(f in memory.fields for f in self.fields()):
+            return
+        stored = memory.get()["x"]
+        features = self.features_of(model, stored, batch_size)
+        for name, values in zip(self.fields(), features, strict=True):
+            if name not in memory.fields:
+                memory.add_field(name, values.new_zeros(values.shape[1:]))
+                memory.update_field(name, torch.arange(len(values)), values)
 
     def end(self) -> None:
-        self.layers, self.snapshot = [], None  # module references must not outlive the update
+        self.layers = []  # module references must not outlive the update
 
-    def logits_and_loss(
-        self, model: nn.Module, x: Tensor, first: int, pooling: str, normalize: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """``model(x)`` and the POD loss on rows ``x[first:]`` (None without a snapshot). The
-        snapshot runs in the model's mode on the same rows, so at equal weights the loss is 0."""
-        if self.snapshot is None:
-            return model(x), None
-        with captured(self.layers) as new:
+    def forward(self, model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``model(x)`` and the pooled features of every row (with gradients)."""
+        assert self.pooling is not None and self.layers, "CachedPOD.begin must run first"
+        with captured(self.layers) as raw:
             logits = model(x)
-        with torch.no_grad(), captured(self.layers) as old:
-            forward_with(model, self.snapshot, x)
-        return logits, pod_loss(
-            [f[first:] for f in new], [f[first:] for f in old], pooling, normalize
-        )
+        return logits, pool_features(raw, self.pooling)
+
+    @torch.no_grad()
+    def features_of(self, model: nn.Module, x: Tensor, batch_size: int) -> list[Tensor]:
+        """Pooled features of ``x`` (on the CPU) from the model in eval mode, in pieces; also
+        after ``end`` (herding selects the rows to store after the update)."""
+        assert self.pooling is not None, "CachedPOD.begin must run first"
+        layers, device = pod_layers(model), next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        parts: list[list[Tensor]] = []
+        try:
+            for start in range(0, len(x), batch_size):
+                with captured(layers) as raw:
+                    model(x[start : start + batch_size].to(device))
+                parts.append([f.cpu() for f in pool_features(raw, self.pooling)])
+        finally:
+            model.train(was_training)
+        return [torch.cat(layer) for layer in zip(*parts, strict=True)]
+
+    def row_fields(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+        """Memory fields holding ``features`` (pooled, one per layer) for new rows."""
+        names = self.fields(len(features))
+        return {n: f.detach().float() for n, f in zip(names, features, strict=True)}
+
+    def loss(self, features: Sequence[Tensor], rows: dict[str, Tensor], normalize: bool) -> Tensor:
+        """POD between replayed rows' current pooled features and those cached with them."""
+        cached = [rows[n].to(f.device) for n, f in zip(self.fields(), features, strict=True)]
+        return pod_distance(features, cached, normalize)
 
 
 # -- DER logits and shrink-and-perturb

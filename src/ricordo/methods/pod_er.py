@@ -1,15 +1,32 @@
-"""POD-ER: experience replay plus PODNet's pooled-outputs distillation on the replayed rows.
+"""POD-ER: PODNet's pooled-outputs distillation on replayed rows, as Renate defines it.
 
 Douillard et al. 2020, "PODNet: Pooled Outputs Distillation for Small-Tasks Incremental Learning"
-(ECCV), as an ER component in Renate (Wistuba et al. 2023). At the start of every update after
-the first, the model's weights are frozen as a snapshot; each step compares the intermediate
-features of the working model and of the snapshot on the replayed rows: 4-D feature maps are
-squared and pooled (default POD-spatial: sums over width and over height, concatenated), other
-features are flattened; rows are L2-normalised and their L2 distance averaged over rows and
-layers. Features come from forward hooks: in an nn.Sequential after each activation before the
-output layer (each hidden or conv block of the built-ins), otherwise after each top-level child
-with parameters before it. A model with no such layer is rejected at begin_update (Renate
-cached no features and divided by zero, logging NaN).
+(ECCV), as the ER-family learner of Renate (Wistuba et al. 2023; awslabs/Renate,
+``PooledOutputDistillationExperienceReplayLearner``). The memory is filled from the stream of
+training batches (reservoir, or --memory-policy), and each row is stored with the intermediate
+features that the forward pass of its training step gave it. Each step's loss is
+
+    (CE(new batch) + pod_weight * POD(replayed batch)) / (1 + pod_weight)
+
+Renate's form with its defaults (loss_weight 1, loss_normalization on). The replayed rows get no
+cross-entropy: the memory serves only the distillation, which pulls their current features toward
+the cached ones. POD: 4-D feature maps are squared and pooled (default POD-spatial: sums over
+width and over height, concatenated); each row is L2-normalised and the L2 distance of the rows
+is averaged over rows and layers. Renate's pooling assumes 4-D maps; other features (an MLP's
+hidden layers) are compared flattened, without squaring or pooling (ours). The loss is plain
+cross-entropy while the memory is empty (Renate: until it holds one replay batch).
+
+Features come from forward hooks: in an nn.Sequential after each activation before the output
+layer (each hidden or conv block of the built-ins), otherwise after each top-level child with
+parameters before it. A model with no such layer is rejected at begin_update (Renate cached no
+features and divided by zero, logging NaN). The new and the replayed rows share one forward pass
+(Renate runs two; they differ only in batch-norm statistics). Batches: ``--batch-size`` new rows
+plus ``memory_batch_size`` replayed rows (Renate splits one batch of 32 into 16 + 16).
+
+Defaults: Renate's (``POD_ALPHA`` 1, ``POD_DISTILLATION_TYPE`` "spatial", ``POD_NORMALIZE`` 1).
+States written before features were cached (the distillation then went to a snapshot of the
+model taken at the start of each update, plus cross-entropy on the replayed rows) continue with
+features computed for their stored rows at the start of the next update.
 """
 
 from __future__ import annotations
@@ -23,7 +40,7 @@ from torch.nn import functional as F
 
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, UpdateContext, register
-from ricordo.methods.components import POOLINGS, PooledDistillation, check_weight
+from ricordo.methods.components import POOLINGS, CachedPOD, check_weight
 from ricordo.methods.er import ExperienceReplay
 
 if TYPE_CHECKING:
@@ -34,7 +51,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PODERParams:
     # Defaults: Renate's POD-ER (alpha 1, distillation_type "spatial", normalize 1).
-    pod_weight: float = 1.0  # weight of the POD loss
+    pod_weight: float = 1.0  # weight of the POD loss (Renate: alpha); the loss is / (1 + weight)
     pod_pooling: str = "spatial"  # spatial, width, height, channel, gap or pixel (4-D maps)
     pod_normalize: bool = True  # L2-normalise pooled features before the distance
     memory_batch_size: int | None = None  # rows replayed per step; None = batch size
@@ -51,26 +68,50 @@ class PODERParams:
 class PODExperienceReplay(ExperienceReplay):
     name = "pod-er"
     Params = PODERParams
-    summary = "ER plus pooled distillation (PODNet) of intermediate features to the previous model."
+    summary = "Distil replayed rows' pooled features to those cached when stored (PODNet, Renate)."
+    memory_note = "rows with their features"
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)
-        self.pod = PooledDistillation()
+        self.pod = CachedPOD()
+        self._inserted: list[Tensor] | None = None  # pooled features of the last new batch
 
     def begin_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
-        # The first update has no previous model to distil from (only a random initialisation).
-        trained = self.memory is not None and len(self.memory) > 0
-        self.pod.begin(ctx.model, snapshot=trained and self.params.pod_weight > 0)
+        self.pod.begin(ctx.model, self.memory, self.params.pod_pooling, 4 * ctx.config.batch_size)
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
-        replay = self.replay_batch(batch, ctx)
-        if replay is None:
-            return F.cross_entropy(ctx.logits(batch.x), batch.y)
-        p, n = self.params, len(batch.y)
-        x, y = torch.cat([batch.x, replay.x]), torch.cat([batch.y, replay.y])
-        logits, pod = self.pod.logits_and_loss(ctx.model, x, n, p.pod_pooling, p.pod_normalize)
-        loss = F.cross_entropy(logits, y)
-        return loss if pod is None else loss + p.pod_weight * pod
+        p, memory, n = self.params, self.memory, len(batch.y)
+        assert memory is not None
+        rows = None
+        if len(memory) > 0 and p.pod_weight > 0:
+            picked = memory.sample(p.memory_batch_size or ctx.config.batch_size)
+            rows = {k: v.to(ctx.device) for k, v in picked.items()}
+        x = batch.x if rows is None else torch.cat([batch.x, ctx.augment(rows["x"])])
+        logits, features = self.pod.forward(ctx.model, x)
+        self._inserted = [f[:n].detach() for f in features]
+        loss = F.cross_entropy(ctx.mask_unseen(logits[:n]), batch.y)
+        if rows is None:
+            return loss
+        pod = self.pod.loss([f[n:] for f in features], rows, p.pod_normalize)
+        return (loss + p.pod_weight * pod) / (1 + p.pod_weight)
+
+    def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        assert self.memory is not None and self._inserted is not None
+        features, self._inserted = self._inserted, None
+        self.memory.add({"x": batch.x, "y": batch.y, **self.pod.row_fields(features)})
+
+    def memory_candidates(self, data: ArrayDataset, ctx: UpdateContext) -> dict[str, Tensor]:
+        """Offline policies (herding) store rows at the end of the update: their features are
+        the trained model's."""
+        features = self.pod.features_of(ctx.model, data.x, 4 * ctx.config.batch_size)
+        return {"x": data.x, "y": data.y, **self.pod.row_fields(features)}
 
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
+        self._inserted = None
         self.pod.end()
+
+    def state_json(self) -> dict[str, Any]:
+        return {"pod_pooling": self.pod.pooling}
+
+    def load_state(self, tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
+        self.pod.pooling = data.get("pod_pooling")
