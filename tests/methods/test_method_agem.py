@@ -10,10 +10,8 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     save_and_reload,
-    train_two_updates,
 )
 from torch.nn import functional as F
 
@@ -37,13 +35,6 @@ def test_agem_reload_predicts_and_continues_identically(
     updater = Updater(method="a-gem", **FAST)
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
-
-
-def test_agem_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="a-gem", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_agem_memory_is_a_reservoir_of_past_chunks(digits_scenario: Scenario) -> None:

@@ -12,11 +12,9 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     assert_same_weights,
     save_and_reload,
-    train_two_updates,
 )
 
 from ricordo import Updater
@@ -49,13 +47,6 @@ def test_bic_reload_predicts_and_continues_identically(
     assert reloaded.method.groups == updater.method.groups == [digits_scenario.chunk_classes[1]]
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert torch.equal(reloaded.method.bias, updater.method.bias)
-
-
-def test_bic_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="bic", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_bic_corrects_only_the_new_classes_of_each_update(digits_scenario: Scenario) -> None:

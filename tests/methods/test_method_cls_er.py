@@ -1,5 +1,5 @@
 """cls-er, plus the checks shared by the ER family (cls-er, pod-er, super-er): each learns, each
-state continues identically after a reload, in process and in a new process."""
+state continues identically after a reload (in a new process: test_continue_in_process.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     assert_same_method_tensors,
     save_and_reload,
-    train_two_updates,
 )
 from torch import nn
 
@@ -43,17 +41,6 @@ def test_er_family_reload_after_update_k_predicts_and_continues_identically(
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario, final_predictions=True)
     assert_same_method_tensors(updater, reloaded)
-
-
-def test_er_family_states_continue_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    # One child process for the three methods: starting Python and torch is the slow part.
-    updaters = {
-        method: train_two_updates(Updater(method=method, **FAST), digits_scenario)
-        for method in ER_FAMILY
-    }
-    assert_continues_identically_in_a_new_process(updaters, digits_scenario, tmp_path, timeout=180)
 
 
 def _distance(weights: dict[str, torch.Tensor], start: dict[str, torch.Tensor]) -> float:

@@ -13,13 +13,11 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     assert_same_memory,
     assert_same_weights,
     make_context,
     save_and_reload,
-    train_two_updates,
 )
 from torch.nn import functional as F
 
@@ -50,13 +48,6 @@ def test_der_reload_predicts_and_continues_identically(
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert set(updater.memory.fields) == {"x", "y", "logits", "width"}
-
-
-def test_derpp_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="der++", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_der_stores_the_logits_of_the_step_that_inserted_a_row(digits_scenario: Scenario) -> None:

@@ -3,8 +3,6 @@ ignores the logits of classes absent from the batch while the replayed batch use
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,39 +28,6 @@ def test_er_ace_reload_predicts_and_continues_identically(
     updater = Updater(method="er-ace", **FAST)
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
-
-
-def test_er_ace_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = Updater(method="er-ace", **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    updater.save(str(tmp_path / "v1"))
-    data = tmp_path / "chunk2.npz"
-    import numpy as np
-
-    np.savez(data, x=digits_scenario.train[2].x.numpy(), y=digits_scenario.train[2].y.numpy())
-    cli = [sys.executable, "-m", "ricordo.cli"]
-    subprocess.run(
-        [
-            *cli,
-            "update",
-            "--state",
-            str(tmp_path / "v1"),
-            "--next-state",
-            str(tmp_path / "v2"),
-            "--data",
-            str(data),
-        ],
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
-    updater.update(digits_scenario.train[2])
-    child = Updater.load(str(tmp_path / "v2"))
-    x = digits_scenario.test_all().x
-    assert torch.equal(child.predict_logits(x), updater.predict_logits(x))
 
 
 def _loss_gradient(updater: Updater, batch: Batch, update_index: int) -> torch.Tensor:

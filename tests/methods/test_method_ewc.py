@@ -11,11 +11,9 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     make_context,
     save_and_reload,
-    train_two_updates,
 )
 from torch import nn
 
@@ -46,13 +44,6 @@ def test_ewc_reload_predicts_and_continues_identically(
     assert saved.keys() == loaded.keys() and len(saved) == 8  # Fisher + anchor of 4 params
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     assert_reload_continues_identically(updater, reloaded, digits_scenario, memory=None)
-
-
-def test_ewc_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="ewc", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_ignores_new_classes(

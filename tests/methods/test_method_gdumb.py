@@ -11,10 +11,8 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     save_and_reload,
-    train_two_updates,
 )
 
 from ricordo import Updater
@@ -43,13 +41,6 @@ def test_gdumb_reload_predicts_and_continues_identically(
     updater = Updater(method="gdumb", params={"reset": reset, **QUICK}, **FAST)
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
-
-
-def test_gdumb_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="gdumb", params=QUICK, **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_gdumb_memory_is_class_balanced(digits_scenario: Scenario) -> None:

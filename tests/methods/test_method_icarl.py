@@ -9,10 +9,8 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     save_and_reload,
-    train_two_updates,
 )
 from torch.nn import functional as F
 
@@ -45,13 +43,6 @@ def test_icarl_reload_predicts_and_continues_identically(
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert torch.equal(reloaded.method.means, updater.method.means)
-
-
-def test_icarl_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="icarl", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_icarl_predicts_the_nearest_mean_of_exemplars(digits_scenario: Scenario) -> None:

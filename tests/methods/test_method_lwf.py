@@ -9,10 +9,8 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     save_and_reload,
-    train_two_updates,
 )
 
 from ricordo import Updater
@@ -35,13 +33,6 @@ def test_lwf_reload_predicts_and_continues_identically(
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert reloaded.method.old_classes == updater.seen_classes
     assert_reload_continues_identically(updater, reloaded, digits_scenario, memory=None)
-
-
-def test_lwf_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="lwf", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_lwf_distillation_starts_at_zero_and_covers_old_classes_only(

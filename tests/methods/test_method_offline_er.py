@@ -10,11 +10,9 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     make_context,
     save_and_reload,
-    train_two_updates,
 )
 from torch.nn import functional as F
 
@@ -41,13 +39,6 @@ def test_offline_er_reload_predicts_and_continues_identically(
         == {"rows_seen": len(digits_scenario.train[0]) + len(digits_scenario.train[1])}
     )
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
-
-
-def test_offline_er_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="offline-er", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def _rows_of(rows: torch.Tensor, chunk_x: torch.Tensor) -> torch.Tensor:

@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 import torch
 from helpers import (
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     save_and_reload,
-    train_two_updates,
 )
 
 from ricordo import Updater
@@ -45,13 +43,6 @@ def test_rd_reload_predicts_and_continues_identically(
     reloaded = save_and_reload(updater, digits_scenario, tmp_path)
     assert_reload_continues_identically(updater, reloaded, digits_scenario)
     assert set(updater.memory.fields) == {"x", "y"}  # targets are rebuilt, never stored
-
-
-def test_rd_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="rd", **QUICK), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_rd_distils_expert_and_previous_model_into_a_fresh_model(

@@ -10,10 +10,8 @@ import pytest
 import torch
 from helpers import (
     FAST,
-    assert_continues_identically_in_a_new_process,
     assert_reload_continues_identically,
     save_and_reload,
-    train_two_updates,
 )
 
 from ricordo import Updater
@@ -36,13 +34,6 @@ def test_si_reload_predicts_and_continues_identically(
     assert saved.keys() == loaded.keys() and len(saved) == 8  # importance + anchor of 4 params
     assert all(torch.equal(saved[k], loaded[k]) for k in saved)
     assert_reload_continues_identically(updater, reloaded, digits_scenario, memory=None)
-
-
-def test_si_state_continues_identically_in_a_new_process(
-    digits_scenario: Scenario, tmp_path: Path
-) -> None:
-    updater = train_two_updates(Updater(method="si", **FAST), digits_scenario)
-    assert_continues_identically_in_a_new_process({"v1": updater}, digits_scenario, tmp_path)
 
 
 def test_si_importance_is_the_path_integral(digits_scenario: Scenario) -> None:
