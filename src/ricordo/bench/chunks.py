@@ -4,6 +4,10 @@ The folder holds ``train-0.npz .. train-{T-1}.npz`` and ``test-0.npz .. test-{T-
 ``x`` and ``y``, optionally ``group``); ``scenario.json`` is optional: when present its name,
 ``chunk_classes``, ``task_incremental`` and ``info`` are used, otherwise chunk k's classes are the
 classes present in ``train-k.npz``. Users benchmark on their own data this way.
+
+With ``validation`` (``ricordo benchmark --validation F``) the ``test-K.npz`` files are neither
+needed nor opened: each chunk's evaluation rows are held out from ``train-K.npz`` instead (see
+``ricordo.bench.validation``).
 """
 
 from __future__ import annotations
@@ -21,8 +25,14 @@ from ricordo.errors import DataError
 _CHUNK = re.compile(r"^(train|test)-(\d+)\.npz$")
 
 
-def load_chunks(directory: str | Path) -> Scenario:
-    """The Scenario stored in ``directory`` (see the module docstring for the layout)."""
+def load_chunks(
+    directory: str | Path, *, validation: float | None = None, seed: int = 0
+) -> Scenario:
+    """The Scenario stored in ``directory`` (see the module docstring for the layout).
+
+    ``validation``: evaluate on that fraction of each training chunk, held out with ``seed``,
+    instead of the test chunks, which are then not read at all.
+    """
     root = Path(directory)
     if not root.is_dir():
         raise DataError(
@@ -40,14 +50,14 @@ def load_chunks(directory: str | Path) -> Scenario:
             "K = 0, 1, ... (as written by `ricordo data DATASET --out DIR`)"
         )
     count = _contiguous(found["train"], root, "train")
-    test_count = _contiguous(found["test"], root, "test") if found["test"] else 0
-    if test_count != count:
-        raise DataError(
-            f"--chunks {str(root)!r} has {count} train chunks but {test_count} test chunks; "
-            "every train-K.npz needs a test-K.npz"
-        )
+    if validation is None:
+        test_count = _contiguous(found["test"], root, "test") if found["test"] else 0
+        if test_count != count:
+            raise DataError(
+                f"--chunks {str(root)!r} has {count} train chunks but {test_count} test chunks; "
+                "every train-K.npz needs a test-K.npz"
+            )
     train = [_load(root / f"train-{k}.npz") for k in range(count)]
-    test = [_load(root / f"test-{k}.npz") for k in range(count)]
     meta = _read_meta(root)
     chunk_classes = meta.get("chunk_classes")
     if chunk_classes is None:
@@ -59,11 +69,19 @@ def load_chunks(directory: str | Path) -> Scenario:
         )
     info = dict(meta.get("info") or {})
     info["chunks"] = str(root.resolve())
+    chunk_classes = [[int(c) for c in classes] for classes in chunk_classes]
+    if validation is None:
+        test = [_load(root / f"test-{k}.npz") for k in range(count)]
+    else:
+        from ricordo.bench.validation import evaluation_info, split_chunks
+
+        train, test = split_chunks(train, chunk_classes, validation, seed)
+        info["validation"] = evaluation_info(validation, seed, train)
     return Scenario(
         name=str(meta.get("name") or "chunks"),
         train=train,
         test=test,
-        chunk_classes=[[int(c) for c in classes] for classes in chunk_classes],
+        chunk_classes=chunk_classes,
         info=info,
         task_incremental=bool(meta.get("task_incremental", False)),
     )

@@ -702,6 +702,13 @@ def _scenario_lines(summaries: Sequence[MethodSummary]) -> list[str]:
         if isinstance(classes, list) and classes and all(isinstance(c, list) for c in classes):
             sizes = sorted({len(c) for c in classes})
             text += f", {'/'.join(map(str, sizes))} classes per chunk"
+        validation = info.get("validation")
+        if isinstance(validation, dict) and validation.get("fraction"):
+            # Tuning runs: their accuracies are about held-out training rows, not test sets.
+            text += (
+                f", evaluated on a validation split ({100 * validation['fraction']:g} % of each "
+                "training chunk; no test set)"
+            )
         if text not in seen:
             seen.append(text)
     return seen
