@@ -17,6 +17,12 @@ reservoir over the chunks is the same uniform sample without it.
 Defaults: the reference batch of 128 rows is Mammoth's best for A-GEM on seq-MNIST with buffer
 500 (``minibatch_size``; the A-GEM paper used 256). Mammoth trains that setting for 1 epoch with
 batch size 10 and lr 0.1 (global options here: --epochs, --batch-size, --lr).
+
+In class-incremental streams A-GEM is weak at long budgets: it only stops the memory loss from
+rising to first order at each step, and repeated epochs over a chunk add up the drift it leaves
+free. Digits class-IL, memory 500, seeds 0-2 (benchmarks/README.md): 54.0 ± 7.5 at 1 epoch (ER
+40.5), 36.6 at 5, 39.8 at 20 (ER 90.7). Before the memory held past chunks only and the reference
+batch had Mammoth's size, the same runs scored 13.4, 24.0 and 28.3.
 """
 
 from __future__ import annotations
