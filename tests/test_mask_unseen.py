@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from ricordo import Updater
-from ricordo.data import Scenario
+from ricordo.data import ArrayDataset, Scenario
+from ricordo.engine import loop
+from ricordo.engine.loop import split_validation
 from ricordo.methods.base import Method, UpdateContext
 from ricordo.models.head import output_layer
 
@@ -70,12 +72,28 @@ def test_er_competes_among_chunk_and_replayed_classes(
     assert bool((grad[allowed] > 0).all())
 
 
-def test_mask_applies_only_while_training(digits_scenario: Scenario) -> None:
+def test_mask_applies_only_while_training(
+    digits_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held: list[ArrayDataset | None] = []
+
+    def split(data: ArrayDataset, fraction: float, generator: torch.Generator):  # type: ignore[no-untyped-def]
+        train, val = split_validation(data, fraction, generator)
+        held.append(val)
+        return train, val
+
+    monkeypatch.setattr(loop, "split_validation", split)
     updater = Updater(method="finetune", mask_unseen=True, val_fraction=0.2, **FAST)
     updater.update(digits_scenario.train[0])
     updater.update(digits_scenario.train[1])
-    # Validation during training is not masked: it scores the chunk like evaluate does.
-    assert updater.history[-1]["train"]["val_accuracy"][0] > 0.5
+    # Validation during training is not masked: it scores the held-out rows as evaluate does
+    # (one epoch: the validated model is the final one), not as a masked softmax would.
+    val = held[-1]
+    assert val is not None
+    recorded = updater.history[-1]["train"]["val_accuracy"][0]
+    assert recorded == pytest.approx(updater.evaluate(val)["accuracy"])
+    masked = updater.evaluate(val, classes=digits_scenario.chunk_classes[1])["accuracy"]
+    assert masked > recorded + 0.05  # 0.89 vs 0.77: what masking would have changed
     logits = updater.predict_logits(digits_scenario.test_all().x)
     assert bool(torch.isfinite(logits).all())  # prediction never masks
     model = updater.model

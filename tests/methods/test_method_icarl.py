@@ -104,11 +104,23 @@ def test_icarl_needs_one_exemplar_per_seen_class(digits_scenario: Scenario) -> N
 
 
 def test_icarl_works_in_a_domain_incremental_scenario() -> None:
+    """Every chunk has every class: nothing is distilled; each class is re-herded from its
+    exemplars plus its new rows, so the memory keeps rows of every permutation, and the first
+    permutation is kept better than by fine-tuning on the same stream."""
     train, test = load_builtin("digits")
-    scenario = make_scenario("permutation", train, test, updates=2, seed=0)
-    updater = Updater(method="icarl", **FAST)
-    for chunk in scenario.train:
-        updater.update(chunk)
-    assert torch.bincount(updater.memory.get()["y"]).tolist() == [10] * 10
-    assert updater.evaluate(scenario.test[1])["accuracy"] > 0.5  # chance: 0.1
-    assert updater.evaluate(scenario.test[0])["accuracy"] > 0.3
+    scenario = make_scenario("permutation", train, test, updates=3, seed=0)
+    config = {**FAST, "epochs": 5, "memory_size": 200}
+    first = {}
+    for name in ("finetune", "icarl"):
+        updater = Updater(method=name, **config)
+        for chunk in scenario.train:
+            updater.update(chunk)
+        first[name] = updater.evaluate(scenario.test[0])["accuracy"]
+    assert updater.memory is not None
+    stored = updater.memory.get()
+    assert torch.bincount(stored["y"]).tolist() == [20] * 10
+    for chunk in scenario.train:  # exemplars of each permutation (rows compared exactly)
+        same = (stored["x"].flatten(1)[:, None] == chunk.x.flatten(1)[None]).all(-1)
+        assert bool(same.any(1).any()), "no exemplar of some permutation was kept"
+    assert updater.evaluate(scenario.test[-1])["accuracy"] > 0.8  # chance: 0.1
+    assert first["icarl"] > first["finetune"] + 0.05  # 0.51 vs 0.40 (seeds 0-3: +0.11..0.25)

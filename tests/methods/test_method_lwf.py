@@ -3,6 +3,7 @@ zero, covers only old classes, and it keeps more task-IL accuracy than fine-tuni
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import (
     assert_reload_continues_identically,
     save_and_reload,
 )
+from torch.nn import functional as F
 
 from ricordo import Updater
 from ricordo.data import Scenario
@@ -92,8 +94,21 @@ def test_lwf_validates_its_parameters() -> None:
 
 def test_lwf_distils_the_old_classes_under_mask_unseen(digits_scenario: Scenario) -> None:
     """--mask-unseen hides the old classes from the cross-entropy only: a masked distillation
-    would be all -inf and the update would stop with a non-finite loss."""
-    updater = Updater(method="lwf", mask_unseen=True, **FAST)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.5
+    would be all -inf and the update would stop with a non-finite loss. The distillation still
+    works: the old classes' tempered outputs on the new chunk drift from the previous model's
+    much less than under fine-tuning with the same mask (which would be identical to LwF
+    without its distillation)."""
+    old, chunk = digits_scenario.chunk_classes[0], digits_scenario.train[1]
+    drift = {}
+    for method in ("finetune", "lwf"):
+        updater = Updater(method=method, mask_unseen=True, **FAST)
+        updater.update(digits_scenario.train[0])
+        assert updater.model is not None
+        previous = copy.deepcopy(updater.model).eval()
+        updater.update(chunk)
+        model = updater.model.eval()
+        with torch.no_grad():
+            before = F.log_softmax(previous(chunk.x)[:, old] / 2.0, dim=1)
+            after = F.log_softmax(model(chunk.x)[:, old] / 2.0, dim=1)
+        drift[method] = float((before.exp() * (before - after)).sum(1).mean())  # KL
+    assert drift["lwf"] < 0.75 * drift["finetune"], drift  # 0.50 (seeds 0-3: 0.08..0.50)

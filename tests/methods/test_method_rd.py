@@ -107,8 +107,14 @@ def test_rd_needs_a_memory() -> None:
 
 
 def test_rd_works_with_mask_unseen(digits_scenario: Scenario) -> None:
-    """RD regresses raw logits: a -inf from --mask-unseen would make the loss infinite."""
-    updater = Updater(method="rd", mask_unseen=True, **QUICK)
-    updater.update(digits_scenario.train[0])
-    updater.update(digits_scenario.train[1])
-    assert updater.evaluate(digits_scenario.test[1])["accuracy"] > 0.5
+    """RD regresses raw logits: a -inf from --mask-unseen would make the loss infinite. Neither
+    the expert's nor the consolidation's loss has a cross-entropy over the model's classes to
+    mask, so the flag changes nothing: the same model, bit for bit."""
+    x = digits_scenario.test_all().x
+    logits = []
+    for mask in (True, False):
+        updater = Updater(method="rd", mask_unseen=mask, **QUICK)
+        updater.update(digits_scenario.train[0])
+        updater.update(digits_scenario.train[1])
+        logits.append(updater.predict_logits(x))
+    assert torch.equal(logits[0], logits[1])

@@ -1,5 +1,6 @@
-"""Every registered method: documented, tested, safe with --mask-unseen, and learning in class-,
-task- and domain-incremental streams."""
+"""Every registered method: documented, tested, safe with --mask-unseen, running in class-, task-
+and domain-incremental streams and learning each task. Retention against fine-tuning:
+test_retention.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from ricordo import Updater
-from ricordo.data import ArrayDataset, Scenario, load_builtin, make_scenario
+from ricordo.data import Scenario, load_builtin, make_scenario
 from ricordo.methods import METHODS
 
 TESTS = Path(__file__).parent
@@ -33,7 +35,8 @@ def test_method_trains_with_mask_unseen(name: str, digits_scenario: Scenario) ->
     for chunk in digits_scenario.train[:2]:
         record = updater.update(chunk)
         assert math.isfinite(record["train"]["final_loss"])
-    assert 0.0 <= updater.evaluate(digits_scenario.test_all())["accuracy"] <= 1.0
+    # Prediction never masks: a -inf kept from training (e.g. stored as a target) would show here.
+    assert bool(torch.isfinite(updater.predict_logits(digits_scenario.test_all().x)).all())
 
 
 # Streams a method does not suit, and what it says there instead of silently degrading.
@@ -42,7 +45,15 @@ UNSUITED = {("gdumb", "permutation"): "GDumb suits class- and task-incremental s
 
 # Renate divides super-er's loss by 1 + the sum of its weights (4.1 by default): its new-batch
 # cross-entropy takes ~4x smaller steps, so it gets the same 3 epochs at 4x the learning rate.
-LEARNING_RATES = {"super-er": 0.4}
+# EWC's λ 90 (Mammoth's) goes with Mammoth's lr 0.03: at 0.1 its penalty makes SGD diverge.
+LEARNING_RATES = {"super-er": 0.4, "ewc": 0.03, "online-ewc": 0.03}
+# The published defaults need more steps than 3 short epochs: CLS-ER's stable model, which
+# predicts, averages ~100 steps (decay 0.99), so it gets 30 epochs; RD consolidates as Renate
+# does, --epochs over the memory (2 steps an epoch over 60 rows), so it fits for 128 epochs.
+OPTIONS: dict[str, dict] = {
+    "cls-er": {"epochs": 30},
+    "rd": {"params": {"fitting_epochs": 128, "schedule": "sgdr"}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +68,14 @@ def scenarios() -> dict[str, Scenario]:
 def test_method_learns_in_class_task_and_domain_incremental_streams(
     name: str, kind: str, scenarios: dict[str, Scenario], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Two updates of each kind of stream: every method learns what it was shown, or says that the
-    stream does not suit it."""
+    """Two updates of each kind of stream: every method runs without a warning, or says that the
+    stream does not suit it; with the task known it separates the task's classes. (Accuracy on
+    class- and domain-incremental streams: test_retention.py compares it with fine-tuning, which
+    any bar on the seen classes here would let through.)"""
     scenario = scenarios[kind]
     lr = LEARNING_RATES.get(name, 0.1)
-    updater = Updater(method=name, epochs=3, memory_size=60, hidden=(32,), lr=lr, progress=False)
+    options = {"epochs": 3, **OPTIONS.get(name, {})}
+    updater = Updater(method=name, memory_size=60, hidden=(32,), lr=lr, progress=False, **options)
     with caplog.at_level(logging.WARNING, logger="ricordo.methods"):
         for chunk in scenario.train[:2]:
             updater.update(chunk)
@@ -69,11 +83,6 @@ def test_method_learns_in_class_task_and_domain_incremental_streams(
         assert UNSUITED[name, kind] in caplog.text
         return
     assert not caplog.text
-    seen = ArrayDataset.concat(scenario.test[:2])
     if kind == "task-incremental":  # the task id is known: logits masked to its classes
         accuracy = updater.evaluate(scenario.test[1], classes=scenario.chunk_classes[1])
         assert accuracy["accuracy"] > 0.75, accuracy  # chance: 0.5
-    elif kind == "class-incremental":
-        assert updater.evaluate(seen)["accuracy"] > 0.35  # chance: 0.25
-    else:
-        assert updater.evaluate(seen)["accuracy"] > 0.5  # chance: 0.1
