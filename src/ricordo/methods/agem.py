@@ -59,6 +59,7 @@ class AGEM(Method):
     Params = AGEMParams
     summary = "Project each gradient so the loss on a memory batch cannot increase (A-GEM)."
     memory_note = "past chunks: each chunk's rows enter after its update"
+    defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500 (minibatch_size 128)"
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:

@@ -76,6 +76,9 @@ class PODExperienceReplay(ExperienceReplay):
     Params = PODERParams
     summary = "Distil replayed rows' pooled features to those cached when stored (PODNet, Renate)."
     memory_note = "rows with their features"
+    defaults_from = (
+        "Renate's defaults (renate.defaults: POD_ALPHA, POD_DISTILLATION_TYPE, POD_NORMALIZE)"
+    )
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)

@@ -104,6 +104,7 @@ class SuperExperienceReplay(DarkExperienceReplay):
     Params = SuperERParams
     summary = "ER plus DER logit MSE, CLS-ER consistency, POD and shrink-and-perturb (Renate)."
     memory_note = "rows with their logits and features"
+    defaults_from = "Renate's defaults (renate.defaults: SER_*, EMA_MEMORY_UPDATE_GAMMA)"
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)
