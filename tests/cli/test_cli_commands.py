@@ -93,7 +93,8 @@ def test_methods_lists_and_describes_them(cli: Cli) -> None:
         assert any(line.startswith(name + " ") for line in listing.out.splitlines()), name
     one = cli("methods", "gdumb")
     assert one.code == 0, one.describe()
-    assert "fitting_epochs  int | None = 256" in one.out
+    assert "fitting_epochs  int | None = 128" in one.out
+    assert "defaults from: GDumb's official code for MNIST (memory 500, MLP)" in one.out
     assert "memory: --memory-size (class-balanced)" in one.out
     assert "Prabhu, Torr, Dokania 2020" in one.out
     bad = cli("methods", "nope")

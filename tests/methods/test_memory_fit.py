@@ -87,9 +87,10 @@ def test_engine_runs_fitting_epochs_at_the_scheduled_rates(
         return optimizer
 
     monkeypatch.setattr(loop, "make_optimizer", recording)
+    # schedule=sgdr: GDumb's default; rd's is Renate's constant --lr.
     updater = Updater(
-        method=method, params={"fitting_epochs": 7}, epochs=2, lr=0.1, memory_size=100,
-        hidden=(32,), progress=False,
+        method=method, params={"fitting_epochs": 7, "schedule": "sgdr"}, epochs=2, lr=0.1,
+        memory_size=100, hidden=(32,), progress=False,
     )  # fmt: skip
     updater.update(digits_scenario.train[0])
     steps = math.ceil(100 / 32)  # the memory is full: 100 rows, batches of 32

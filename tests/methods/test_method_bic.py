@@ -1,7 +1,8 @@
 """bic: learns, survives save/load (also in a new process), corrects only the logits of each
 update's new classes (identity before the first correction) and holds its validation rows out;
-skips the correction below bias_min_val_rows, never keeps one that lowers the accuracy on its
-validation rows, and weights the stage-1 loss as configured."""
+skips the correction below bias_min_val_rows, with the accept guard never keeps one that lowers
+the accuracy on its validation rows, and weights the stage-1 loss as configured (the published
+defaults: tests/methods/test_method_published.py)."""
 
 from __future__ import annotations
 
@@ -149,12 +150,13 @@ def test_bic_skips_the_correction_below_the_minimum_validation_rows(
 def test_bic_correction_does_not_lower_accuracy_on_its_validation_rows(
     digits_scenario: Scenario, optimizer: str
 ) -> None:
-    updater = Updater(method="bic", params={"bias_optimizer": optimizer}, **FAST)
+    params = {"bias_optimizer": optimizer, "bias_accept_guard": True}  # the guard is opt-in
+    updater = Updater(method="bic", params=params, **FAST)
     fits: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     fit = updater.method._fit
 
-    def spy(logits, y, classes, lr):  # type: ignore[no-untyped-def]
-        ab = fit(logits, y, classes, lr)
+    def spy(logits, y, classes, *args):  # type: ignore[no-untyped-def]
+        ab = fit(logits, y, classes, *args)
         corrected = apply_bias(logits, ab[0], ab[1], classes)
         fits.append((logits.argmax(1) == y, corrected.argmax(1) == y, ab))
         return ab
@@ -171,9 +173,9 @@ def test_bic_correction_does_not_lower_accuracy_on_its_validation_rows(
 def test_bic_rejects_a_fit_that_lowers_validation_accuracy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Whatever the optimiser returns, a non-finite or accuracy-lowering (alpha, beta) is
-    replaced by the identity."""
-    method = Updater(method="bic", **FAST).method
+    """With the accept guard (on with lbfgs), whatever the optimiser returns, a non-finite or
+    accuracy-lowering (alpha, beta) is replaced by the identity."""
+    method = Updater(method="bic", params={"bias_optimizer": "lbfgs"}, **FAST).method
     logits = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.0, -1.0], [0.0, -2.0]])
     y = torch.tensor([1, 1, 0, 0])  # class 1 new; all four rows correct uncorrected
     result = method._fit(logits, y, [1], lr=0.1)

@@ -4,6 +4,7 @@ state continues identically after a reload (in a new process: test_continue_in_p
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -105,8 +106,9 @@ def test_ema_copies_grow_with_the_output_layer_from_the_working_rows() -> None:
 def test_adapted_decays_let_the_stable_model_learn_new_classes(
     adapt: bool, digits_scenario: Scenario
 ) -> None:
-    """5 epochs of a digits chunk are 45 steps: with the paper's decays (0.999) the stable model,
-    which predicts, stays near the average of all weights so far and misses the new classes."""
+    """5 epochs of a digits chunk are 45 steps: with the paper's decay rule (the defaults: 0.99,
+    reached after 99 steps) the stable model, which predicts, stays near the average of all
+    weights so far and misses the new classes; adapt_decays (ours) lets it learn them."""
     updater = Updater(method="cls-er", params={"adapt_decays": adapt}, **{**FAST, "epochs": 5})
     updater.update(digits_scenario.train[0])
     updater.update(digits_scenario.train[1])
@@ -119,20 +121,27 @@ def test_adapted_decays_let_the_stable_model_learn_new_classes(
 
 
 def test_ema_schedule_caps_the_decays_to_a_share_of_the_update() -> None:
-    params = CLSERParams()  # rates 0.9 / 0.7, decays 0.999 / 0.999
+    # The former defaults (the authors' argparse defaults), with the option on.
+    params = CLSERParams(
+        plastic_rate=0.9,
+        stable_rate=0.7,
+        plastic_decay=0.999,
+        stable_decay=0.999,
+        adapt_decays=True,
+    )
     rates, decays = params.ema_schedule(200)
     assert rates == (0.9, 0.7)
     assert decays == pytest.approx((1 - 1 / (0.1 * 0.9 * 200), 1 - 1 / (0.5 * 0.7 * 200)))
     assert params.ema_schedule(20_000)[1] == (0.999, 0.999)  # long updates: the paper's
     assert params.ema_schedule(0)[1] == (0.999, 0.999)  # unknown length
-    assert CLSERParams(adapt_decays=False).ema_schedule(200)[1] == (0.999, 0.999)
-    assert CLSERParams(plastic_decay=0.5).ema_schedule(200)[1][0] == 0.5  # already shorter
+    assert dataclasses.replace(params, adapt_decays=False).ema_schedule(200)[1] == (0.999, 0.999)
+    assert dataclasses.replace(params, plastic_decay=0.5).ema_schedule(200)[1][0] == 0.5  # shorter
     assert params.ema_schedule(1)[1] == (0.0, 0.0)  # never negative
 
 
 def test_cls_er_parameters_are_validated() -> None:
     with pytest.raises(ConfigError, match="stable_rate=0.95 must be <= plastic_rate=0.9"):
-        Updater(method="cls-er", memory_size=10, params={"stable_rate": 0.95})
+        Updater(method="cls-er", memory_size=10, params={"plastic_rate": 0.9, "stable_rate": 0.95})
     with pytest.raises(ConfigError, match="stable_decay=0.5 must be >= plastic_decay"):
         Updater(method="cls-er", memory_size=10, params={"stable_decay": 0.5})
     with pytest.raises(ConfigError, match=r"plastic_rate=1.5 must be in \[0, 1\]"):

@@ -32,7 +32,7 @@ def test_memory_needs_are_described() -> None:
 
 def test_notes_come_from_the_comment_beside_or_above_a_field() -> None:
     gdumb = {p.name: p for p in describe("gdumb").params}
-    assert gdumb["fitting_epochs"].note.startswith("epochs over the memory")  # base class field
+    assert gdumb["fitting_epochs"].note.startswith("Epochs over the memory")  # base class field
     assert gdumb["fitting_epochs"].type == "int | None"
     offline = {p.name: p.note for p in describe("offline-er").params}
     assert offline["loss_weight_new_data"].startswith("Weight of the new rows' loss")  # above

@@ -47,13 +47,9 @@ UNSUITED = {("gdumb", "permutation"): "GDumb suits class- and task-incremental s
 # cross-entropy takes ~4x smaller steps, so it gets the same 3 epochs at 4x the learning rate.
 # EWC's λ 90 (Mammoth's) goes with Mammoth's lr 0.03: at 0.1 its penalty makes SGD diverge.
 LEARNING_RATES = {"super-er": 0.4, "ewc": 0.03, "online-ewc": 0.03}
-# The published defaults need more steps than 3 short epochs: CLS-ER's stable model, which
-# predicts, averages ~100 steps (decay 0.99), so it gets 30 epochs; RD consolidates as Renate
-# does, --epochs over the memory (2 steps an epoch over 60 rows), so it fits for 128 epochs.
-OPTIONS: dict[str, dict] = {
-    "cls-er": {"epochs": 30},
-    "rd": {"params": {"fitting_epochs": 128, "schedule": "sgdr"}},
-}
+# CLS-ER's published defaults need more steps than 3 short epochs: its stable model, which
+# predicts, averages ~100 steps (decay 0.99), so it gets 30 epochs.
+OPTIONS: dict[str, dict] = {"cls-er": {"epochs": 30}}
 
 
 @pytest.fixture(scope="module")

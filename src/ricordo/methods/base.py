@@ -98,6 +98,9 @@ class Method:
     Params: ClassVar[type] = NoParams
     summary: ClassVar[str] = ""
     memory_note: ClassVar[str] = ""  # how the method fills its memory, if not by the policy
+    # Where the Params defaults come from (a named setting, never our own test accuracy); shown
+    # by ``ricordo methods NAME`` and the README's Methods table.
+    defaults_from: ClassVar[str] = ""
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         self.params = params

@@ -1,6 +1,7 @@
 """What a method does and takes, for ``ricordo methods`` and ``ricordo.methods.describe``: its
-summary, its memory, its documentation (the module docstring) and its parameters, each with type,
-default and the comment written beside the field in its Params dataclass."""
+summary, its memory, where its defaults come from (``Method.defaults_from``), its documentation
+(the module docstring) and its parameters, each with type, default and the comment written beside
+the field in its Params dataclass."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class MethodDoc:
     memory: str
     doc: str
     params: list[ParamDoc]
+    defaults_from: str = ""  # the named setting the defaults were taken from
 
 
 def describe(name: str) -> MethodDoc:
@@ -48,7 +50,13 @@ def describe(name: str) -> MethodDoc:
         for f in dataclasses.fields(method.Params)
     ]
     return MethodDoc(
-        name, method.summary, memory_needs(method), (module.__doc__ or "").strip(), params
+        name,
+        method.summary,
+        memory_needs(method),
+        (module.__doc__ or "").strip(),
+        params,
+        # The class's own: an inherited one names the parent's source (Super-ER is a DER).
+        vars(method).get("defaults_from", ""),
     )
 
 
@@ -67,7 +75,8 @@ def memory_needs(method: type[Method]) -> str:
 
 def _field_notes(params: type) -> dict[str, str]:
     """Each field's comment: the one beside it, else the comment lines just above it. Base
-    classes are read first, so a subclass's note for the same field wins."""
+    classes are read first, so a subclass's note for the same field wins (a field it restates
+    without a comment keeps the base class's note)."""
     notes: dict[str, str] = {}
     for cls in reversed(params.__mro__):
         if not dataclasses.is_dataclass(cls):
@@ -81,7 +90,8 @@ def _field_notes(params: type) -> dict[str, str]:
             if comment := COMMENT.match(line):
                 above.append(comment.group(1))
             elif field := FIELD.match(line):
-                notes[field.group(1)] = field.group(2) or " ".join(above)
+                name = field.group(1)
+                notes[name] = field.group(2) or " ".join(above) or notes.get(name, "")
                 above = []
             else:
                 above = []

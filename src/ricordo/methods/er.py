@@ -2,6 +2,11 @@
 
 Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning". The memory is filled by
 reservoir sampling (or any policy) from the stream of training batches.
+
+Defaults: Mammoth's best arguments for seq-MNIST with buffer 500 (utils/best_args.py), whose only
+method setting is the replayed batch: ``minibatch_size`` 10, equal to its ``batch_size`` 10, so
+``memory_batch_size`` defaults to --batch-size. Mammoth trained that setting at lr 0.1, one epoch;
+ours are UpdateConfig's (--lr, --epochs).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from ricordo.methods.base import Batch, Method, UpdateContext, register
 
 @dataclass(frozen=True)
 class ERParams:
-    memory_batch_size: int | None = None  # rows drawn from the memory per step; None = batch size
+    # Rows drawn from the memory per step; None = --batch-size (Mammoth best, seq-MNIST, buffer
+    # 500: minibatch_size = batch_size = 10).
+    memory_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_batch_size is not None and self.memory_batch_size < 1:
@@ -31,6 +38,7 @@ class ExperienceReplay(Method):
     name = "er"
     Params = ERParams
     summary = "Mix each new batch with a batch replayed from a reservoir memory."
+    defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500 (replayed batch = batch size)"
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:

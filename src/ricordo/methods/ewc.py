@@ -10,11 +10,24 @@ not O(#updates × #params)) and drop the constant: gradients are exactly those o
 Online EWC: Schwarz et al. 2018, "Progress & Compress"; one running Fisher ``F <- γ F + F_new``
 and one anchor, the parameters after the latest update.
 
-Penalty scale follows Mammoth (``λ Σ F (θ - θ*)²``, no 1/2; Kirkpatrick writes λ/2) so Mammoth's
-best λ carries over. The Fisher is the *true* Fisher by default (labels sampled from the model);
-``--param fisher=empirical`` uses the observed labels. See ``ricordo.methods.fisher`` and
-reference methods.md §9.2 (Kunstner et al. 2019) for why they differ. New output rows of a grown
-head get zero Fisher, so new classes are unregularised.
+Penalty scale follows Mammoth (``λ Σ F (θ - θ*)²``, no 1/2; Kirkpatrick writes λ/2), and so
+does the default Fisher estimate (``fisher=mammoth``: each row's squared gradient at its label,
+weighted by the probability the model gives that label), so that Mammoth's best λ means the same
+penalty here. ``fisher=true`` (labels sampled from the model: the Fisher of EWC's Laplace
+argument) and ``fisher=empirical`` (the observed labels, unweighted) are the options; see
+``ricordo.methods.fisher`` and reference methods.md §9.2 (Kunstner et al. 2019) for how they
+differ. New output rows of a grown head get zero Fisher, so new classes are unregularised.
+
+Defaults: Mammoth's best arguments for seq-MNIST (utils/best_args.py; no buffer) for online EWC
+(``ewc_on``): ``e_lambda`` 90, ``gamma`` 1. Mammoth has no offline EWC, and Kirkpatrick et al.
+state no lambda for their MNIST experiments and published no code, so ``ewc`` takes the same
+lambda: with gamma 1 online EWC sums the Fishers as EWC does (it differs in keeping one anchor).
+The λ belongs with Mammoth's Fisher estimate, which is therefore the default: the true Fisher is
+larger (on digits after one class-incremental update, 6 times at the output layer's largest entry),
+and with λ 90 it makes SGD diverge on digits at --lr 0.03 to 0.1 (the update stops with
+TrainingDivergedError); with ``fisher=true`` scale λ down. Even so the penalty is stiff: on digits,
+updates of 3 epochs at lr 0.05 diverged (10 did not). Mammoth trained at lr 0.03, batch 10, one
+epoch; ours are UpdateConfig's. (The defaults were seq-CIFAR-10's λ 10 with the true Fisher.)
 """
 
 from __future__ import annotations
@@ -44,8 +57,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EWCParams:
-    ewc_lambda: float = 10.0  # Mammoth best oEWC e_lambda on Seq-CIFAR-10 (25 on Tiny)
-    fisher: str = "true"  # "true" (sampled labels, the Fisher) or "empirical" (observed labels)
+    ewc_lambda: float = 90.0  # penalty weight; Mammoth best for ewc_on (e_lambda), seq-MNIST
+    # "mammoth" (observed labels, each weighted by its probability: Mammoth's ewc_on, which its
+    # λ was tuned with), "true" (sampled labels, the Fisher) or "empirical" (observed labels).
+    fisher: str = "mammoth"
     fisher_samples: int | None = None  # chunk rows used to estimate the Fisher; None = all
 
     def __post_init__(self) -> None:
@@ -59,7 +74,7 @@ class EWCParams:
 
 @dataclass(frozen=True)
 class OnlineEWCParams(EWCParams):
-    gamma: float = 1.0  # Mammoth best (γ 1); Schwarz et al. decay of the running Fisher
+    gamma: float = 1.0  # decay of the running Fisher (Schwarz et al.); Mammoth best, seq-MNIST
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +87,10 @@ class EWC(Method):
     name = "ewc"
     Params = EWCParams
     summary = "Quadratic penalty to past parameters weighted by the summed (true) Fisher."
+    defaults_from = (
+        "Mammoth's best arguments for online EWC (ewc_on), seq-MNIST (no buffer), with its Fisher "
+        "estimate; Mammoth has no offline EWC and the paper gives no MNIST lambda"
+    )
     online = False
 
     def __init__(self, params: EWCParams, memory: TensorMemory | None) -> None:
@@ -135,4 +154,5 @@ class OnlineEWC(EWC):
     name = "online-ewc"
     Params = OnlineEWCParams
     summary = "EWC with one γ-decayed running Fisher anchored at the latest parameters."
+    defaults_from = "Mammoth's best arguments for ewc_on, seq-MNIST (no buffer), with its Fisher"
     online = True

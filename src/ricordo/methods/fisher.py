@@ -11,6 +11,9 @@ the Empirical Fisher Approximation for Natural Gradient Descent"):
   an approximation of the Fisher in general: on examples the model fits well the gradient at
   the observed label is near zero, so EF reports little curvature exactly where the model is
   confident, and it reflects label noise elsewhere.
+- ``mammoth``: ``E_{(x,y)} [p_θ(y|x) (∇_θ log p_θ(y|x))²]``, what Mammoth's ``ewc_on`` computes:
+  the observed label's term of the true Fisher's sum over labels, so it is at most both the true
+  and the empirical Fisher. Its use is that a λ tuned in Mammoth means the same penalty here.
 
 Both square *per-example* gradients (torch.func ``vmap(grad(...))``). Squaring the gradient of a
 mini-batch mean, as Avalanche's EWCPlugin does, estimates neither: it is about ``B`` times
@@ -27,7 +30,7 @@ from torch.nn import functional as F
 from ricordo.errors import ConfigError
 from ricordo.models.head import unwrap  # noqa: F401  (re-exported for the regularisers)
 
-FISHER_KINDS = ("true", "empirical")
+FISHER_KINDS = ("true", "empirical", "mammoth")
 _GRAD_BUDGET = 1 << 24  # floats of per-example gradients held at once (64 MiB)
 
 
@@ -44,13 +47,14 @@ def diagonal_fisher(
     """Diagonal Fisher of every trainable parameter, averaged over the rows of ``x``.
 
     ``kind="true"`` draws ``draws`` labels per row from ``softmax(logits)`` with ``generator``;
-    ``kind="empirical"`` uses ``y``. The model runs in eval mode (BatchNorm would otherwise
-    couple the examples, and dropout would add noise).
+    ``kind="empirical"`` uses ``y``, and ``kind="mammoth"`` weights each row's squared gradient
+    at ``y`` by the probability the model gives ``y``. The model runs in eval mode (BatchNorm
+    would otherwise couple the examples, and dropout would add noise).
     """
     if kind not in FISHER_KINDS:
         raise ConfigError(f"fisher={kind!r} is invalid; expected one of {FISHER_KINDS}")
-    if kind == "empirical" and y is None:
-        raise ConfigError("the empirical Fisher needs the labels y")
+    if kind != "true" and y is None:
+        raise ConfigError(f"the {kind} Fisher needs the labels y")
     module = unwrap(model)
     params = {n: p.detach() for n, p in module.named_parameters() if p.requires_grad}
     fixed = {n: p.detach() for n, p in module.named_parameters() if not p.requires_grad}
@@ -79,8 +83,15 @@ def diagonal_fisher(
             else:
                 assert y is not None
                 yb = y[start : start + rows].to(device)
+            weight = None
+            if kind == "mammoth":  # p(y|x) of the observed label, a constant per row
+                with torch.no_grad():
+                    weight = F.softmax(module(xb).float(), dim=1).gather(1, yb[:, None])[:, 0]
             for name, g in per_example(params, xb, yb).items():
-                total[name] += g.float().pow(2).sum(0)
+                squared = g.float().pow(2)
+                if weight is not None:
+                    squared = squared * weight.view(-1, *([1] * (squared.ndim - 1)))
+                total[name] += squared.sum(0)
     finally:
         module.train(was_training)
     count = max(1, len(x) * (draws if kind == "true" else 1))

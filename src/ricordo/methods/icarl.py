@@ -18,6 +18,10 @@ in class- and task-incremental scenarios these are the paper's old classes; in a
 domain-incremental scenario every chunk has every class, so nothing is distilled and iCaRL is
 replay of herded exemplars (a class is re-herded from its exemplars plus its new rows) with
 nearest-mean classification. The memory is chosen by herding; --memory-policy is not used.
+
+Defaults: the paper's classifier (nearest mean of exemplars). Mammoth's best arguments for
+seq-MNIST with buffer 500 set no iCaRL hyperparameter, only training options (lr 0.1, batch 10,
+one epoch, no weight decay); ours are UpdateConfig's.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class ICaRL(Method):
     Params = ICaRLParams
     summary = "Herded exemplars per class, sigmoid distillation, nearest-mean-of-exemplars."
     memory_note = "herded exemplars"
+    defaults_from = "the paper (NME); Mammoth's seq-MNIST, buffer 500 best sets no iCaRL option"
 
     def __init__(self, params: ICaRLParams, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)

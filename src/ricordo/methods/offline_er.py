@@ -5,6 +5,10 @@ the new chunk with a batch drawn from the memory, which holds rows of *previous*
 loss is ``w * CE(new) + (1 - w) * CE(memory)`` with ``w = N_t / (N_t + N_previous)`` (rows of the
 current chunk over all rows seen) unless ``loss_weight_new_data`` fixes it. At the end of the
 update the whole chunk is offered to the memory (reservoir over its rows by default).
+
+Defaults: Renate's (``renate.defaults``): ``batch_memory_frac`` 0.5, i.e. as many memory rows as
+new rows per step (Renate splits one batch of 32 into 16 + 16; here a batch of --batch-size new
+rows meets as many memory rows), and the loss weight N_t / (N_t + N_previous).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class OfflineER(Method):
     name = "offline-er"
     Params = OfflineERParams
     summary = "Replay a memory of previous chunks; the memory is refreshed only at update end."
+    defaults_from = "Renate's defaults (renate.defaults: batch_memory_frac 0.5)"
 
     def __init__(self, params: Any, memory: Any) -> None:
         super().__init__(params, memory)
