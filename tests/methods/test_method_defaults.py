@@ -100,6 +100,16 @@ def test_defaults_are_the_named_sources_values(name: str) -> None:
     assert "Defaults" in doc.doc  # the module docstring gives the account of the source
 
 
+def test_every_method_with_parameters_names_its_source() -> None:
+    """Also the methods outside SOURCES (a-gem, pod-er, super-er: their own tests pin them)."""
+    unnamed = [
+        name
+        for name in METHODS.names()
+        if dataclasses.fields(METHODS.get(name).Params) and not describe(name).defaults_from
+    ]
+    assert unnamed == []
+
+
 def test_a_subclass_is_not_described_with_its_parents_source() -> None:
     """Super-ER is a DER subclass whose defaults are Renate's: describe reads the source set on
     the class itself, so it never reports DER's (Mammoth's)."""
