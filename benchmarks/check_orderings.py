@@ -46,7 +46,7 @@ def main(folder: str) -> int:
 
 if __name__ == "__main__":
     folders = sys.argv[1:] or [
-        "benchmarks/output/methods20/class-incremental-m100",
-        "benchmarks/output/methods20/class-incremental-m500",
+        "benchmarks/output/methods20-fixed/class-incremental-m100",
+        "benchmarks/output/methods20-fixed/class-incremental-m500",
     ]
     sys.exit(max([main(folder) for folder in folders]))
