@@ -638,11 +638,16 @@ def methods(
     if name is None:
         docs = [describe(n) for n in METHODS.names()]
         for doc in docs:
-            typer.echo(f"{doc.name:<11} {doc.memory:<32} {doc.summary}")
+            # A plugin's method is marked with its package (see ricordo.plugins).
+            plugin = METHODS.origin(doc.name)
+            mark = f" [plugin: {plugin}]" if plugin else ""
+            typer.echo(f"{doc.name:<11} {doc.memory:<32} {doc.summary}{mark}")
         typer.echo("\n`ricordo methods NAME` describes one, with its parameters (--param k=v).")
         return
     doc = describe(name)
     lines = [f"{doc.name}: {doc.summary}", f"memory: {doc.memory}"]
+    if METHODS.origin(doc.name):
+        lines.append(f"plugin: from the package {METHODS.origin(doc.name)}")
     if doc.defaults_from:
         lines.append(f"defaults from: {doc.defaults_from}")
     lines.append("")

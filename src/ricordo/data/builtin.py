@@ -21,7 +21,7 @@ from ricordo.registry import Registry
 
 # loader(root, download, **options) -> (train, test)
 DatasetLoader = Callable[..., tuple[ArrayDataset, ArrayDataset]]
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
+DATASETS: Registry[DatasetLoader] = Registry("dataset", plugins="ricordo.datasets")
 
 
 @DATASETS.register("digits")

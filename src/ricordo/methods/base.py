@@ -167,7 +167,7 @@ class Method:
         """Restore what ``state_tensors``/``state_json`` returned."""
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry("method", plugins="ricordo.methods")
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -15,7 +15,7 @@ from ricordo.errors import ConfigError
 from ricordo.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
-MODELS: Registry[ModelFactory] = Registry("model")
+MODELS: Registry[ModelFactory] = Registry("model", plugins="ricordo.models")
 
 # The most parameters a built-in model may have (8 GiB of float32 weights, before gradients
 # and optimiser state): --hidden 1000000000 is a typo, refused before anything is allocated.
