@@ -8,6 +8,7 @@ back in another process and continues from bit for bit.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -40,7 +41,7 @@ from ricordo.models import (
     num_outputs,
     resolve_code,
 )
-from ricordo.models.code import ModelSource
+from ricordo.models.code import ModelSource, resolve_model_argument
 from ricordo.models.spec import code_reference, recorded_code
 from ricordo.state import LoadedState, read_state, state_changed, write_state
 from ricordo.state.fs import same_location
@@ -63,6 +64,12 @@ class Updater:
 
     ``config`` is an UpdateConfig, or (like the CLI's ``--config``) your model code: a .py file
     defining ``model_fn(**kwargs)`` or ``"module:function"``.
+
+    ``model`` is a built-in model's name (``"mlp"``, ``"cnn"``) or your own model: an
+    ``nn.Module`` (the lineage trains a copy of it; yours is left as passed), a function that
+    returns one, ``"module:function"`` or a .py file. The state records a portable reference
+    to it (``module:qualname``, sha256 of its source file) and reloads only from the code you
+    pass to :meth:`load`.
     """
 
     def __init__(
@@ -71,6 +78,11 @@ class Updater:
         if isinstance(config, (str, os.PathLike)):  # Updater(config="custom_model.py")
             options = {"config": os.fspath(config), **options}
             config = None
+        # Model code passed as model= stays here (a callable or module is not JSON); the config
+        # records its portable reference, as for config= (see _take_model_code).
+        self._code: ModelCode | None = None
+        if "model" in options:
+            options = self._take_model_code(options, config)
         base = config or UpdateConfig()
         self.config = base.replace(**options) if options else base
         method_cls = METHODS.get(self.config.method)
@@ -87,6 +99,22 @@ class Updater:
         self.method: Method = method_cls(self.params, memory)
 
     # -- construction --------------------------------------------------------------------------
+    def _take_model_code(
+        self, options: dict[str, Any], config: UpdateConfig | None
+    ) -> dict[str, Any]:
+        """Options with ``model=<your code>`` moved to ``self._code`` (a built-in name stays)."""
+        code = resolve_model_argument(options["model"])
+        if code is None:
+            return options
+        if options.get("config") is not None or (config is not None and config.config):
+            raise ConfigError(
+                f"model={code.reference!r} and config= both name model code; pass your model "
+                "once, as model= (config= is the older spelling of the same)"
+            )
+        self._code = code
+        rest = {k: v for k, v in options.items() if k != "model"}
+        return {**rest, "config": code.reference}
+
     def _new_memory(self) -> TensorMemory | None:
         spec = self._method_cls.memory_spec(self.config)
         if spec is None:
@@ -130,7 +158,13 @@ class Updater:
         else as many as the chunk's largest label needs (the head grows later)."""
         fixed = self.config.num_classes
         num_classes = fixed if fixed is not None else max(chunk.classes()) + 1
-        code = None if self.config.config is None else resolve_code(self.config.config)
+        code = self._code
+        if code is None and self.config.config is not None:
+            code = resolve_code(self.config.config)
+        elif code is not None and code.instance is not None:
+            # Train a copy: the caller's module stays as passed, and a first update that fails
+            # (the Updater is restored to no model) starts again from the same weights.
+            code = dataclasses.replace(code, instance=_copy_module(code.instance))
         self.model_spec = make_spec(
             model=self.config.model,
             input_shape=chunk.feature_shape,
@@ -145,8 +179,12 @@ class Updater:
             raise ConfigError(
                 f"the model built by {code.reference if code else self.config.model} has "
                 f"{num_outputs(model)} outputs but num_classes={fixed} (CLI: --num-classes); "
-                "size its output layer with the num_classes argument model_fn receives, or "
-                "leave num_classes unset"
+                + (
+                    f"build the nn.Module with a last nn.Linear of {fixed} outputs"
+                    if code is not None and code.instance is not None
+                    else "size its output layer with the num_classes argument model_fn receives"
+                )
+                + ", or leave num_classes unset"
             )
         self.model = model
         self.model_spec["num_classes"] = num_outputs(self.model)
@@ -456,6 +494,8 @@ class Updater:
             recorded = recorded_code(spec)
             # Record the portable reference (older states kept an absolute path here).
             config = config.replace(config=None if recorded is None else code_reference(recorded))
+            # Loggers are per job: a state never makes a later job write logs it did not ask for.
+            config = config.replace(logger=())
             updater = cls(config)
             updater.model_spec = spec
             updater.seen_classes = [int(c) for c in meta["seen_classes"]]
@@ -486,6 +526,17 @@ class Updater:
                 f"{str(error).splitlines()[0] if str(error) else ''}",
             ) from None
         return updater
+
+
+def _copy_module(module: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(module)
+    except Exception as exc:  # a module holding a lock, a file handle, a generator...
+        raise ConfigError(
+            f"cannot copy the {type(module).__name__} passed as model= "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); pass the "
+            "function that builds it instead (model=make_model)"
+        ) from None
 
 
 def _unreadable(url: str, what: str) -> StateCorruptError:

@@ -26,6 +26,7 @@ from typing import Any, Union
 from torch import nn
 
 from ricordo.errors import ConfigError
+from ricordo.models.builtin import MODELS
 
 #: The function a model file must define.
 MODEL_FN = "model_fn"
@@ -128,14 +129,16 @@ class ModelCode:
 def resolve_code(value: ModelSource) -> ModelCode:
     """Describe the model code the user passed (hashing it; a file is not imported yet)."""
     if isinstance(value, nn.Module):
-        # Built by the caller: its code has run already, and its class is often a plain
-        # nn.Sequential, so no source file identifies it; the weights must fit it exactly.
+        # Built by the caller: its code has run already. The state records its class
+        # (module:qualname) and the sha256 of the class's source file, so the class itself
+        # (``model=MyNet``) reloads it; an instance passed on load is bound by its weights,
+        # which must fit it exactly (its class is often a plain nn.Sequential).
         cls = type(value)
         return ModelCode(
             source=cls.__module__,
             function=cls.__qualname__,
             source_type="instance",
-            sha256=None,
+            sha256=_file_sha256(_source_file(cls)),
             where=cls.__module__,
             instance=value,
         )
@@ -180,6 +183,38 @@ def resolve_code(value: ModelSource) -> ModelCode:
         where=str(path.resolve()),
         _source_bytes=source,
     )
+
+
+def resolve_model_argument(value: object) -> ModelCode | None:
+    """``Updater(model=...)``: None for a built-in model's name (it stays in
+    ``UpdateConfig.model``; an unknown name fails later with the list of known ones), else the
+    user's model code: an nn.Module, a callable that returns one, ``"module:function"`` or a
+    .py file defining ``model_fn``."""
+    if isinstance(value, str) and (value in MODELS or not _names_code(value)):
+        return None
+    if isinstance(value, (str, os.PathLike, nn.Module)) or callable(value):
+        return resolve_code(value)
+    raise ConfigError(
+        f"model= got a {type(value).__name__} ({_short_repr(value)}); pass a built-in model "
+        f"name ({', '.join(MODELS.names())}), an nn.Module, a function that returns one, "
+        f"'module:function', or a .py file defining {MODEL_FN}(**kwargs)"
+    )
+
+
+def _names_code(text: str) -> bool:
+    """A string that names code (a module reference or a file), not a model name."""
+    return (
+        is_module_reference(text)
+        or text.endswith(".py")
+        or "/" in text
+        or os.sep in text
+        or os.path.isfile(text)
+    )
+
+
+def _short_repr(value: object) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _source_file(obj: Any) -> str | None:

@@ -108,6 +108,14 @@ def bind_code(
             )
         return spec
     needed = describe_code(recorded)
+    if code is None and recorded.get("source_type") == "instance":
+        # Trained from an nn.Module passed in Python: no builder was recorded, only its class.
+        raise ModelCodeError(
+            f"the state at {url} needs its model, an instance of {code_reference(recorded)}, "
+            "and a state never runs code: pass the model yourself, built as for training "
+            "(the state's weights must fit it): Updater.load(url, model=<a new instance>) "
+            "(CLI: --config with a model_fn that builds it, and --accept-model-change)"
+        )
     if code is None:
         ref = code_reference(recorded)
         raise ModelCodeError(
@@ -125,10 +133,16 @@ def bind_code(
         return bound
     same = code.sha256 is not None and code.sha256 == recorded["sha256"]
     if not same and not accept_change:
+        instead = (
+            "pass a new instance of the model (its weights must fit) or the code it was "
+            "trained with"
+            if recorded.get("source_type") == "instance"
+            else "pass the code it was trained with"
+        )
         raise ModelCodeError(
             f"the model code {code.reference} has sha256 {_short(code.sha256)} but the state at "
-            f"{url} was trained with {needed}; pass the code it was trained with, or accept "
-            "the change with accept_model_change=True (CLI: --accept-model-change)"
+            f"{url} was trained with {needed}; {instead}, or accept the change with "
+            "accept_model_change=True (CLI: --accept-model-change)"
         )
     if same:
         bound.update(recorded)  # keep the recorded name: the content is what must match
