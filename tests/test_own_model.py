@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import runpy
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from ricordo import Updater
-from ricordo.errors import ConfigError, ModelCodeError
+from ricordo.errors import ConfigError, ModelCodeError, TrainingDivergedError
 from ricordo.models import num_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +216,43 @@ def test_the_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     assert (tmp_path / "own-model" / "v1" / "manifest.json").is_file()
+
+
+def test_model_code_goes_to_the_updater_not_the_config_or_an_update() -> None:
+    from ricordo import UpdateConfig
+
+    with pytest.raises(ConfigError, match=r"takes a built-in model's name, not a Net; .*Updater"):
+        UpdateConfig(model=Net())
+    updater = Updater(**OPTIONS)
+    with pytest.raises(ConfigError, match=r"not a function; pass your own nn\.Module") as info:
+        updater.update(*chunk((0, 1), 11), model=make_net)
+    assert "\n" not in str(info.value)
+    updater.update(*chunk((0, 1), 11))  # left as before: the built-in mlp trains
+    assert updater.model_spec is not None and updater.model_spec["name"] == "mlp"
+
+
+def test_a_failed_first_update_starts_again_from_the_module_passed() -> None:
+    torch.manual_seed(1)
+    net = Net()
+    x, y = chunk((0, 1, 2), 12)
+    failing = Updater(model=net, **OPTIONS)
+    with pytest.raises(TrainingDivergedError):  # after the model was built, grown and trained
+        failing.update(x, y, lr=1e30, momentum=0.9)
+    assert failing.model is None and num_outputs(net) == 2
+    failing.update(x, y)
+    direct = Updater(model=net, **OPTIONS)
+    direct.update(x, y)
+    probe = torch.as_tensor(x)
+    assert torch.equal(failing.predict_logits(probe), direct.predict_logits(probe))
+
+
+def test_a_module_that_cannot_be_copied_is_one_line() -> None:
+    net = Net()
+    net.lock = threading.Lock()  # type: ignore[assignment]  # deepcopy cannot copy a lock
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot copy the Net passed as model= \(TypeError: .*"
+        r"pass the function that builds it instead",
+    ) as info:
+        Updater(model=net, **OPTIONS).update(*chunk((0, 1), 13))
+    assert "\n" not in str(info.value)

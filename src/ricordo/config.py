@@ -93,6 +93,12 @@ class UpdateConfig:
         object.__setattr__(self, "model_options", dict(self.model_options))
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "precision", str(self.precision))
+        if not isinstance(self.model, str):  # the config is JSON; model code lives in Updater
+            raise ConfigError(
+                f"model= here takes a built-in model's name, not a {type(self.model).__name__}; "
+                "pass your own nn.Module or function when creating the Updater: "
+                "Updater(model=...)"
+            )
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
