@@ -6,6 +6,7 @@ one line each while the others keep working."""
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -138,6 +139,17 @@ def test_plugin_method_model_and_dataset_from_python(on_path: list[Path], tmp_pa
     assert type(again.method).__name__ == "PluginER" and len(again.memory) == 20
     assert again.evaluate(test)["accuracy"] == updater.evaluate(test)["accuracy"]
 
+    # Uninstalled: loading the state names the package to install.
+    sys.path.remove(str(on_path[0]))
+    _use()
+    with pytest.raises(
+        ConfigError,
+        match=r"^the state at .*v0 uses the method 'plugin-er' of the plugin package "
+        r"'ricordo-plugin-example', which is not installed here; install it \(pip install "
+        r"ricordo-plugin-example\) to continue it$",
+    ):
+        Updater.load(str(tmp_path / "v0"))
+
 
 def _run(*args: object, pythonpath: list[Path] | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", NO_COLOR="1", COLUMNS="200")
@@ -150,13 +162,14 @@ def _run(*args: object, pythonpath: list[Path] | None = None) -> subprocess.Comp
     )  # fmt: skip
 
 
-def test_plugin_method_and_model_from_the_cli(
-    plugin_site: Path, digits_scenario: object, tmp_path: Path
-) -> None:
-    from ricordo.data import export_scenario
-
+def test_plugin_dataset_method_and_model_from_the_cli(plugin_site: Path, tmp_path: Path) -> None:
     chunks = tmp_path / "chunks"
-    export_scenario(digits_scenario, chunks)  # type: ignore[arg-type]
+    data = _run(
+        "data", "blobs", "--out", chunks, "--updates", "3", "--dataset-option", "classes=6",
+        pythonpath=[plugin_site],
+    )  # fmt: skip
+    assert data.returncode == 0, data.stderr
+    assert "chunk 2: classes" in data.stdout and "100 train / 20 test" in data.stdout
     listed = _run("methods", pythonpath=[plugin_site])
     assert listed.returncode == 0, listed.stderr
     assert (
@@ -173,6 +186,11 @@ def test_plugin_method_and_model_from_the_cli(
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert "update 0 (plugin-er)" in first.stdout
+    manifest = json.loads((states / "v0" / "manifest.json").read_text())
+    assert manifest["meta"]["plugins"] == {
+        "method": {"name": "plugin-er", "package": "ricordo-plugin-example"},
+        "model": {"name": "tiny-mlp", "package": "ricordo-plugin-example"},
+    }
     second = _run(
         "update", "--state", states / "v0", "--data", chunks / "train-1.npz",
         "--next-state", states / "v1", pythonpath=[plugin_site],
@@ -188,7 +206,9 @@ def test_plugin_method_and_model_from_the_cli(
     )  # fmt: skip
     assert missing.returncode == 1
     assert [line for line in missing.stderr.splitlines() if line.strip()] == [
-        "ricordo: error: unknown method 'plugin-er'; choose one of: " + ", ".join(METHODS.names())
+        f"ricordo: error: the state at {states / 'v1'} uses the method 'plugin-er' of the plugin "
+        "package 'ricordo-plugin-example', which is not installed here; install it (pip install "
+        "ricordo-plugin-example) to continue it"
     ]
     assert sorted(p.relative_to(states).as_posix() for p in states.rglob("*")) == before
 
@@ -219,6 +239,8 @@ def test_broken_wrong_and_clashing_plugins_are_skipped(
 
 
 def test_bad_plugins_from_the_cli_warn_one_line_each(plugin_site: Path, bad_site: Path) -> None:
+    helped = _run("--help", pythonpath=[plugin_site, bad_site])
+    assert helped.returncode == 0 and helped.stderr == ""  # --help imports no plugin
     result = _run("methods", pythonpath=[plugin_site, bad_site])
     assert result.returncode == 0, result.stderr
     lines = sorted(line for line in result.stderr.splitlines() if line.strip())

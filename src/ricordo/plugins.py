@@ -76,3 +76,38 @@ def _checked_name(group: str, entry_name: str, obj: Any) -> str:
         kind = "model factory" if group == "ricordo.models" else "dataset loader"
         raise PluginError(f"{obj!r} is not a callable {kind}")
     return entry_name
+
+
+def plugin_record(method: str, model: str | None) -> dict[str, dict[str, str]]:
+    """For a state's manifest: the plugin packages its method and built-in-style model come
+    from, e.g. ``{"method": {"name": "plugin-er", "package": "ricordo-plugin-example"}}``
+    (empty when both are built-ins), so a machine without them can say what to install."""
+    from ricordo.methods.base import METHODS
+    from ricordo.models.builtin import MODELS
+
+    record: dict[str, dict[str, str]] = {}
+    for kind, registry, name in (("method", METHODS, method), ("model", MODELS, model)):
+        package = registry.origin(name) if name else None
+        if package:
+            record[kind] = {"name": name, "package": package}  # type: ignore[dict-item]
+    return record
+
+
+def check_installed(record: object, url: str) -> None:
+    """Refuse, in one line naming the package to install, a state whose plugin method or model
+    (as :func:`plugin_record` wrote it) is not registered here."""
+    from ricordo.errors import ConfigError
+    from ricordo.methods.base import METHODS
+    from ricordo.models.builtin import MODELS
+
+    if not isinstance(record, dict):
+        return
+    for kind, registry in (("method", METHODS), ("model", MODELS)):
+        entry = record.get(kind)
+        if not isinstance(entry, dict) or entry.get("name") in registry:
+            continue
+        name, package = entry.get("name"), entry.get("package")
+        raise ConfigError(
+            f"the state at {url} uses the {kind} {name!r} of the plugin package {package!r}, "
+            f"which is not installed here; install it (pip install {package}) to continue it"
+        )

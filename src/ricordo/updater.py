@@ -440,6 +440,16 @@ class Updater:
                 "size": len(self.memory),
             },
         }
+        # A plugin's method or model is recorded with its package, so that loading the state
+        # where it is missing names the package to install (ricordo.plugins).
+        from ricordo.plugins import plugin_record
+
+        spec = self.model_spec or {}
+        plugins = plugin_record(
+            self.config.method, spec.get("name") if spec.get("kind") == "builtin" else None
+        )
+        if plugins:
+            meta["plugins"] = plugins
         try:
             return write_state(url, files, meta, parent=self.source_url, overwrite=overwrite)
         finally:
@@ -489,6 +499,9 @@ class Updater:
             raise _unreadable(url, "its manifest has no model spec")
         # Before anything is built: the user's code must be the code the state was trained with.
         spec = bind_code(spec, code, accept_change=accept_model_change, url=url)
+        from ricordo.plugins import check_installed
+
+        check_installed(meta.get("plugins"), url)  # a missing plugin: name the package
         try:
             config = UpdateConfig.from_dict(meta["config"])
             recorded = recorded_code(spec)
