@@ -203,7 +203,22 @@ Threads = Annotated[
     ),
 ]
 ShowProgress = Annotated[
-    bool | None, typer.Option("--progress/--no-progress", help="Progress bar on a terminal.")
+    bool | None,
+    typer.Option(
+        "--progress/--no-progress",
+        help="Progress: a bar on a terminal, else (cron, SLURM, CI) one line per epoch on stderr.",
+    ),
+]
+LoggerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger",
+        metavar="KIND[:WHERE]",
+        help="Log per-step loss and per-epoch summaries: csv[:DIR] (built in), "
+        "tensorboard[:DIR], mlflow[:EXPERIMENT], wandb[:PROJECT] (when installed); DIR "
+        "default: ./ricordo-logs, one new folder update-K per update. Repeat or comma-separate. "
+        "Not taken from --state.",
+    ),
 ]
 Augment = Annotated[
     str | None, typer.Option(help="Training augmentation, e.g. crop:4,flip (batched, on device).")
@@ -441,6 +456,7 @@ def update(
     threads: Threads = None,
     augment: Augment = None,
     progress: ShowProgress = None,
+    logger: LoggerOption = None,
 ) -> None:
     """Update a model on one chunk and write the next state (one job per chunk)."""
     from ricordo.config import UpdateConfig
@@ -761,6 +777,7 @@ def benchmark(
     augment: Augment = None,
     dataset_option: DatasetOption = None,
     progress: ShowProgress = None,
+    logger: LoggerOption = None,
 ) -> None:
     """Run a whole scenario for every method and seed; report the accuracy matrix and CL metrics.
 

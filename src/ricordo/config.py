@@ -73,6 +73,9 @@ class UpdateConfig:
     strategy: str = "auto"
     threads: int | None = None  # None: auto (engine.backend.resolve_threads)
     progress: bool = True
+    # Where training metrics go (--logger): "csv[:DIR]", "tensorboard[:DIR]", "mlflow[:EXPERIMENT]",
+    # "wandb[:PROJECT]" (engine.loggers). Per job: a loaded state does not inherit it.
+    logger: tuple[str, ...] = ()
     # Training only: logits of classes in neither the chunk nor the memory are set to -inf.
     mask_unseen: bool = False
     # Working folder of an mmap memory's files (default: the temp folder; avoid a RAM tmpfs).
@@ -93,6 +96,9 @@ class UpdateConfig:
         object.__setattr__(self, "model_options", dict(self.model_options))
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "precision", str(self.precision))
+        from ricordo.engine.loggers import logger_specs
+
+        object.__setattr__(self, "logger", logger_specs(self.logger))
         if not isinstance(self.model, str):  # the config is JSON; model code lives in Updater
             raise ConfigError(
                 f"model= here takes a built-in model's name, not a {type(self.model).__name__}; "
@@ -202,6 +208,7 @@ class UpdateConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hidden"] = list(self.hidden)
+        data["logger"] = list(self.logger)
         return data
 
     @classmethod

@@ -488,6 +488,7 @@ def test_an_os_error_while_writing_the_state_is_one_line(
         ws / "states" / "v9",
         "--epochs",
         "1",
+        "--no-progress",  # the error comes after training: no epoch line before it
     )
     assert_one_line_error(
         result, f"cannot write the state at {ws / 'states' / 'v9'}: Permission denied"

@@ -57,7 +57,7 @@ TASK_IL_METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetti
 REFERENCE_METHODS = frozenset({"joint"})
 # Config fields that do not change the numbers (where and how verbosely it ran) or vary by design.
 _IGNORED_CONFIG = frozenset(
-    {"seed", "progress", "threads", "backend", "accelerator", "devices", "strategy"}
+    {"seed", "progress", "logger", "threads", "backend", "accelerator", "devices", "strategy"}
 )
 _MAX_JSON_BYTES = 64 * 2**20
 

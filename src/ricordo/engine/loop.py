@@ -17,6 +17,7 @@ from ricordo.config import UpdateConfig
 from ricordo.data.dataset import ArrayDataset
 from ricordo.engine.backend import make_backend, resolve_threads
 from ricordo.engine.evaluate import evaluate_logits
+from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
 from ricordo.errors import TrainingDivergedError
 from ricordo.methods.base import Batch, Method, UpdateContext
@@ -138,8 +139,12 @@ def _train_update(
     total = ctx.total_steps = steps_per_epoch * epochs
     guard = DivergenceGuard(ctx.update_index, config.lr)
     description = f"update {ctx.update_index} ({method.name})"
-    with Progress(total, description, enabled=config.progress) as progress:
+    with (
+        Progress(total, description, enabled=config.progress) as progress,
+        open_loggers(config.logger, ctx.update_index, config.to_dict()) as logs,
+    ):
         for epoch in range(epochs):
+            epoch_loss, epoch_steps = 0.0, 0  # the epoch's mean loss, for progress and loggers
             for group in optimizer.param_groups:  # the method's schedule (default: --lr)
                 group["lr"] = method.learning_rate(epoch, epochs, config.lr)
             wrapped.train()
@@ -164,7 +169,11 @@ def _train_update(
                 ctx.step = report.steps
                 report.final_loss = value
                 progress.advance(status=f"loss {value:.4f}")
+                epoch_loss, epoch_steps = epoch_loss + value, epoch_steps + 1
+                lr = optimizer.param_groups[0]["lr"]
+                logs.step(report.steps, epoch, value, lr, time.perf_counter() - started)
             report.epochs = epoch + 1
+            accuracy: float | None = None
             if val_data is not None:
                 accuracy = evaluate_logits(
                     lambda x: method.predict(x, ctx),
@@ -174,6 +183,20 @@ def _train_update(
                     wrapped,
                 )["accuracy"]
                 report.val_accuracy.append(accuracy)
+            # Reported before early stopping may end the loop: the last epoch gets its line too.
+            mean_loss = epoch_loss / max(epoch_steps, 1)
+            rate = progress.epoch_end(epoch, epochs, mean_loss, accuracy)
+            logs.epoch(
+                epoch,
+                {
+                    "steps": report.steps,
+                    "loss": mean_loss,
+                    "steps_per_s": round(rate, 3),
+                    "seconds": round(time.perf_counter() - started, 4),
+                    "val_accuracy": accuracy,
+                },
+            )
+            if accuracy is not None:
                 if accuracy > best_accuracy:
                     best_accuracy, bad_epochs = accuracy, 0
                     report.best_epoch = epoch
