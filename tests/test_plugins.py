@@ -266,3 +266,26 @@ def test_a_builtin_registered_after_a_plugin_still_wins(
         ]
     finally:
         MODELS._items.pop("tiny-mlp")
+
+
+def test_of_two_plugins_with_one_name_the_first_on_the_path_is_kept(
+    on_path: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = tmp_path / "twin"
+    _write_dist(
+        site,
+        "twin-plugin",
+        "[ricordo.models]\ntiny-mlp = twin_plugin:tiny_mlp\n",
+        "def tiny_mlp(input_shape, num_classes, hidden=()):\n    raise AssertionError\n",
+    )
+    _use(site)  # before the example on sys.path
+    try:
+        with caplog.at_level(logging.ERROR, logger="ricordo.plugins"):
+            assert MODELS.origin("tiny-mlp") == "twin-plugin"
+        assert [r.getMessage() for r in caplog.records] == [
+            "plugin package 'ricordo-plugin-example' registers model 'tiny-mlp', which plugin "
+            "package 'twin-plugin' already registered: refused, the first is used; uninstall "
+            "one of them"
+        ]
+    finally:
+        sys.modules.pop("twin_plugin", None)
