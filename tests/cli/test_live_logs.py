@@ -26,7 +26,7 @@ from ricordo.engine import progress as progress_module
 CliResult = Any  # tests/cli/conftest.py's CliResult: code, out, err, err_lines, describe()
 
 EPOCH_LINE = re.compile(
-    r"^update (\d+) \(er\): epoch (\d+)/(\d+)  loss \d+\.\d{4}  \d+\.\d steps/s  "
+    r"^update (\d+) \((?:[\w+-]+)\): epoch (\d+)/(\d+)  loss \d+\.\d{4}  \d+\.\d steps/s  "
     r"ETA \d+:\d\d:\d\d(  val accuracy (\d\.\d{4}))?$"
 )
 FAST = ("--hidden", "16", "--batch-size", "32", "--memory-size", "20", "--lr", "0.1")
@@ -358,3 +358,23 @@ def test_mlflow_and_wandb_loggers_log_steps_and_epochs_through_their_apis(
         assert [c[2]["step"] for c in steps] == list(range(1, 9))
         assert calls[-1] == ("finish", (), {"exit_code": 0})
     assert names.count("log_metrics" if kind == "mlflow" else "log") == 8 + 2
+
+
+def test_benchmark_logs_each_run_in_a_folder_of_its_own(
+    cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    result = cli(
+        "benchmark", "--methods", "finetune,er", "--seeds", "0,1", "--updates", "2",
+        "--epochs", "1", "--hidden", "16", "--threads", "1", "--workers", "1",
+        "--logger", f"csv:{logs}", "--output", tmp_path / "out",
+    )  # fmt: skip
+    assert result.code == 0, result.describe()
+    runs = ["er-seed0", "er-seed1", "finetune-seed0", "finetune-seed1"]
+    assert sorted(p.name for p in logs.iterdir()) == runs  # every run starts at update 0
+    for run in runs:
+        assert sorted(p.name for p in (logs / run).iterdir()) == ["update-0", "update-1"]
+        rows = read_csv(logs / run / "update-1" / "epochs.csv")
+        assert [(r["update"], r["epoch"]) for r in rows] == [("1", "0")]
+    # The in-process runs print their epoch lines (stderr is not a terminal here).
+    assert len(epoch_lines(result.err)) == 4 * 2

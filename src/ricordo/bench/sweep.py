@@ -31,6 +31,7 @@ from ricordo import __version__
 from ricordo.bench.experiment import Experiment, ScenarioSpec, parse_seeds, save_experiment
 from ricordo.bench.runner import HEADS, head_config, run_benchmark, write_json
 from ricordo.config import UpdateConfig
+from ricordo.engine.loggers import for_run
 from ricordo.errors import ConfigError
 
 RunCallback = Callable[[dict[str, Any]], None]
@@ -118,15 +119,18 @@ def run_sweep(
     tasks = []
     for name, config in named.items():
         for seed in seeds:
+            run = name if len(seeds) == 1 else f"{name}-seed{seed}"
+            # --logger csv:DIR: each run logs to DIR/<run>/update-K (all runs start at update 0).
+            logger = for_run(config.logger, run)
             tasks.append(
                 {
-                    "run": name if len(seeds) == 1 else f"{name}-seed{seed}",
+                    "run": run,
                     "name": name,
                     "method": config.method,
                     "seed": seed,
                     "file": _run_file(layout, name, seed),
                     "spec": spec.to_dict(),
-                    "config": config.replace(seed=seed).to_dict(),
+                    "config": config.replace(seed=seed, logger=logger).to_dict(),
                     "experiment": described,
                     "head": head,
                     "threads": None,

@@ -64,6 +64,19 @@ def logger_specs(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(specs))  # the same logger twice would log everything twice
 
 
+def for_run(specs: Iterable[str], run: str) -> tuple[str, ...]:
+    """The specs of one benchmark run: its folders go to ``DIR/<run>`` (absolute, so that spawned
+    workers agree), so runs that all start at update 0 keep their logs apart."""
+    result = []
+    for spec in specs:
+        kind, where = split_spec(spec)
+        if kind in ("csv", "tensorboard"):
+            folder = Path(where or DEFAULT_DIR).expanduser().absolute() / run
+            spec = f"{kind}:{folder}"
+        result.append(spec)
+    return tuple(result)
+
+
 def split_spec(spec: str) -> tuple[str, str | None]:
     """``"csv:logs"`` -> ``("csv", "logs")``; ``"csv"`` -> ``("csv", None)``."""
     kind, _, where = spec.partition(":")
