@@ -347,7 +347,8 @@ def test_mlflow_and_wandb_loggers_log_steps_and_epochs_through_their_apis(
     names = [c[0] for c in calls]
     if kind == "mlflow":
         assert calls[0] == ("set_experiment", ("my-project",), {})
-        assert calls[1] == ("start_run", (), {"run_name": "update-0"})
+        start = [c for c in calls if c[0] == "start_run"]
+        assert len(start) == 1 and start[0][2]["run_name"] == "update-0"
         steps = [c for c in calls if c[0] == "log_metrics" and "train_loss" in c[1][0]]
         assert [c[2]["step"] for c in steps] == list(range(1, 9))
         assert calls[-1] == ("end_run", (), {"status": "FINISHED"})
@@ -378,3 +379,23 @@ def test_benchmark_logs_each_run_in_a_folder_of_its_own(
         assert [(r["update"], r["epoch"]) for r in rows] == [("1", "0")]
     # The in-process runs print their epoch lines (stderr is not a terminal here).
     assert len(epoch_lines(result.err)) == 4 * 2
+
+
+def test_logger_specs_normalise_and_a_loaded_state_does_not_inherit_them(
+    chunk: Path, tmp_path: Path
+) -> None:
+    from ricordo.config import UpdateConfig
+    from ricordo.updater import Updater
+
+    config = UpdateConfig(logger=["csv:a, TensorBoard", "csv:a"])
+    assert config.logger == ("csv:a", "tensorboard")  # case, spaces, duplicates
+    assert UpdateConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    data = np.load(chunk)
+    updater = Updater(logger=f"csv:{tmp_path / 'py'}", hidden=(16,), epochs=1, progress=False)
+    updater.update(data["x"], data["y"])
+    updater.update(data["x"], data["y"])  # the same Updater keeps logging: update-1
+    assert sorted(p.name for p in (tmp_path / "py").iterdir()) == ["update-0", "update-1"]
+    updater.save(str(tmp_path / "s1"))
+    loaded = Updater.load(str(tmp_path / "s1"))
+    assert loaded.config.logger == ()
+    assert loaded.history[-1]["config"]["logger"] == [f"csv:{tmp_path / 'py'}"]  # the record

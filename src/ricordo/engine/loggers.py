@@ -172,7 +172,8 @@ class MlflowLogger(Logger):
         self.mlflow = module
         if experiment:
             module.set_experiment(experiment)
-        module.start_run(run_name=name)
+        # Inside the caller's own MLflow run (Python API), the update's run nests in it.
+        module.start_run(run_name=name, nested=module.active_run() is not None)
         module.log_params({k: str(v)[:250] for k, v in params.items()})  # MLflow's length cap
 
     def step(self, step: int, epoch: int, loss: float, lr: float, seconds: float) -> None:
