@@ -478,6 +478,9 @@ def update(
     elif accept_model_change:
         raise ConfigError("--accept-model-change applies when continuing a --state")
     check_writable(next_state, overwrite=overwrite)
+    from ricordo.engine.loggers import check_outside_states
+
+    check_outside_states(logger, {"--next-state": next_state, "--state": state})
     if state is None:
         updater = Updater(UpdateConfig(**options))
         record = updater.update(load_data(data, target=target, name=data))

@@ -399,3 +399,29 @@ def test_logger_specs_normalise_and_a_loaded_state_does_not_inherit_them(
     loaded = Updater.load(str(tmp_path / "s1"))
     assert loaded.config.logger == ()
     assert loaded.history[-1]["config"]["logger"] == [f"csv:{tmp_path / 'py'}"]  # the record
+
+
+def test_a_log_folder_inside_a_state_is_refused_before_training(
+    cli: Callable[..., CliResult],
+    chunk: Path,
+    tmp_path: Path,
+    digest: Callable[[Path], dict[str, str]],
+) -> None:
+    first = cli("update", "--data", chunk, "--next-state", tmp_path / "s0", "--epochs", "1", *FAST)
+    assert first.code == 0, first.describe()
+    before = digest(tmp_path / "s0")
+    inside_parent = cli(
+        "update", "--data", chunk, "--state", tmp_path / "s0", "--next-state", tmp_path / "s1",
+        "--logger", f"csv:{tmp_path / 's0' / 'logs'}", *FAST,
+    )  # fmt: skip
+    assert_one_line_error(
+        inside_parent, "would write inside the state --state", "name a folder outside it"
+    )
+    assert digest(tmp_path / "s0") == before and not (tmp_path / "s1").exists()
+    # The new state's own path: the log folder would also block the state's write at the end.
+    inside_new = cli(
+        "update", "--data", chunk, "--next-state", tmp_path / "s2",
+        "--logger", f"tensorboard:{tmp_path / 's2'}", *FAST,
+    )  # fmt: skip
+    assert_one_line_error(inside_new, "would write inside the state --next-state")
+    assert not (tmp_path / "s2").exists()

@@ -77,6 +77,29 @@ def for_run(specs: Iterable[str], run: str) -> tuple[str, ...]:
     return tuple(result)
 
 
+def check_outside_states(specs: Iterable[str] | None, states: Mapping[str, str | None]) -> None:
+    """Refuse a log folder inside a state (``states``: flag -> local path or URL, or None).
+
+    A state holds only the files Ricordo wrote and lists in its manifest; a log folder in the
+    --next-state path would also block the state's own write after the whole training.
+    """
+    for spec in logger_specs(specs):
+        kind, where = split_spec(spec)
+        if kind not in ("csv", "tensorboard"):
+            continue
+        folder = Path(where or DEFAULT_DIR).expanduser().absolute()
+        for flag, url in states.items():
+            if url is None or ("://" in url and not url.startswith("file://")):
+                continue  # a remote state cannot contain a local folder
+            root = Path(url.removeprefix("file://")).expanduser().absolute()
+            if folder == root or root in folder.parents:
+                raise ConfigError(
+                    f"--logger {spec} would write inside the state {flag} {url}, which holds "
+                    f"only Ricordo's own files; name a folder outside it, e.g. --logger "
+                    f"{kind}:{DEFAULT_DIR}"
+                )
+
+
 def split_spec(spec: str) -> tuple[str, str | None]:
     """``"csv:logs"`` -> ``("csv", "logs")``; ``"csv"`` -> ``("csv", None)``."""
     kind, _, where = spec.partition(":")
