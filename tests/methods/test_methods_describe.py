@@ -18,7 +18,9 @@ def test_every_parameter_has_its_default_and_a_note(name: str) -> None:
     defaults = dataclasses.asdict(METHODS.get(name).Params())
     assert {p.name: p.default for p in doc.params} == defaults
     undocumented = [p.name for p in doc.params if not p.note]
-    assert not undocumented, f"{name}: document {undocumented} with a comment in its Params"
+    assert not undocumented, (
+        f'{name}: document {undocumented} with field(metadata={{"doc": ...}}) in its Params'
+    )
     assert doc.summary and len(doc.doc) > 200  # the module docstring: the paper and choices
 
 
@@ -30,12 +32,12 @@ def test_memory_needs_are_described() -> None:
     assert describe("icarl").memory == "--memory-size (herded exemplars)"
 
 
-def test_notes_come_from_the_comment_beside_or_above_a_field() -> None:
+def test_notes_come_from_the_field_metadata_inherited_fields_included() -> None:
     gdumb = {p.name: p for p in describe("gdumb").params}
     assert gdumb["fitting_epochs"].note.startswith("Epochs over the memory")  # base class field
     assert gdumb["fitting_epochs"].type == "int | None"
     offline = {p.name: p.note for p in describe("offline-er").params}
-    assert offline["loss_weight_new_data"].startswith("Weight of the new rows' loss")  # above
+    assert offline["loss_weight_new_data"].startswith("Weight of the new rows' loss")
 
 
 def test_unknown_method_is_named() -> None:

@@ -281,14 +281,38 @@ def _read_csv(path: Path, label: str) -> dict[str, np.ndarray]:
     """Read a CSV with a header row into one numpy array per column (float64, else str).
 
     Comma-separated by default; a header with no comma but a ``;``, tab or ``|`` uses that instead
-    (spreadsheet exports in many locales).
+    (spreadsheet exports in many locales). Cells are stripped; a column whose cells all parse as
+    numbers (empty cells: NaN) is float64, any other is text. With pyarrow installed (the
+    ``tables`` extra) its multi-threaded reader does the parsing (a 90 MB table: 13x faster, a
+    quarter of the memory, benchmarks/README.md); the result is the same as the built-in
+    reader's, which also reports every malformed file (pyarrow's errors are not one-line fixes).
     """
+    columns = _read_csv_arrow(path)
+    return columns if columns is not None else _read_csv_builtin(path, label)
+
+
+def _csv_delimiter(first: str) -> str:
+    """The delimiter named by the header line: ``,``, else the first of ``;``, tab, ``|`` in it."""
+    if "," in first:
+        return ","
+    return next((d for d in ";\t|" if d in first), ",")
+
+
+def _text_column(raw: np.ndarray) -> np.ndarray:
+    """One column's cells as read (str): stripped, then float64 (empty = NaN) if all parse,
+    else the stripped text at its own width (not the widest cell of the whole file)."""
+    raw = np.char.strip(raw)
+    try:
+        return np.where(raw == "", "nan", raw).astype(np.float64)
+    except ValueError:
+        return np.array(raw.tolist(), dtype=str)
+
+
+def _read_csv_builtin(path: Path, label: str) -> dict[str, np.ndarray]:
+    """The standard library's reader: the reference for what a CSV means, and its errors."""
     try:
         text = path.read_text(encoding="utf-8-sig")
-        first = text.split("\n", 1)[0]
-        delimiter = ","
-        if "," not in first:
-            delimiter = next((d for d in ";\t|" if d in first), ",")
+        delimiter = _csv_delimiter(text.split("\n", 1)[0])
         rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r]
     except (UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"{label} is not a readable UTF-8 CSV file ({e})") from None
@@ -305,13 +329,50 @@ def _read_csv(path: Path, label: str) -> dict[str, np.ndarray]:
                 f"fix the row or the delimiter ({delimiter!r} used)"
             )
     body = np.array(rows[1:], dtype=str).reshape(len(rows) - 1, len(header))
+    return {col: _text_column(body[:, j]) for j, col in enumerate(header)}
+
+
+def _read_csv_arrow(path: Path) -> dict[str, np.ndarray] | None:
+    """The same columns as :func:`_read_csv_builtin`, parsed by pyarrow; None when pyarrow is
+    not installed or the file is anything but a well-formed CSV (the built-in reader then
+    reads it again and names the problem)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.types as pat
+    except ImportError:
+        return None
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(1 << 20).decode("utf-8-sig")
+        parse = pacsv.ParseOptions(delimiter=_csv_delimiter(first), newlines_in_values=True)
+        # Only an empty cell is missing (not "NA", "null", ...), and "true"/"false" stay text:
+        # what the built-in reader does.
+        convert = pacsv.ConvertOptions(null_values=[""], true_values=[], false_values=[])
+        table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+        header = [name.strip() for name in table.column_names]
+        if len(set(header)) != len(header):
+            return None
+        # Dates, times, timestamps: re-read as the text that was in the file.
+        other = [
+            name
+            for name, kind in zip(table.column_names, table.schema.types, strict=True)
+            if not (pat.is_integer(kind) or pat.is_floating(kind) or pat.is_null(kind))
+            and not pat.is_string(kind)
+        ]
+        if other:
+            convert.column_types = {name: pa.string() for name in other}
+            table = pacsv.read_csv(path, parse_options=parse, convert_options=convert)
+    except (UnicodeDecodeError, pa.ArrowException, OSError):
+        return None
     columns: dict[str, np.ndarray] = {}
-    for j, col in enumerate(header):
-        raw = np.char.strip(body[:, j])
-        try:
-            columns[col] = np.where(raw == "", "nan", raw).astype(np.float64)
-        except ValueError:
-            columns[col] = raw
+    for name, column in zip(header, table.columns, strict=True):
+        if pat.is_string(column.type):
+            columns[name] = _text_column(np.array(column.to_pylist(), dtype=str))
+        else:  # numbers; nulls (empty cells) become NaN
+            values = column.cast(pa.float64()).to_numpy()
+            # Arrow's buffers are read-only; the callers get ordinary arrays, as from the builtin.
+            columns[name] = values if values.flags.writeable else values.copy()
     return columns
 
 

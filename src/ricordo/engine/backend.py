@@ -57,7 +57,19 @@ class FabricBackend:
     name = "fabric"
 
     def __init__(self, config: UpdateConfig) -> None:
-        from lightning.fabric import Fabric  # heavy: imported only when this backend is used
+        try:  # heavy (seconds) and an extra: imported only when this backend is used
+            from lightning.fabric import Fabric
+        except ImportError:  # the `fabric` extra is not installed
+            if config.backend == "fabric":
+                asked = "--backend fabric"
+            elif config.precision not in FULL_PRECISION:
+                asked = f"--precision {config.precision}"
+            else:
+                asked = f"--strategy {config.strategy}"
+            raise ConfigError(
+                f'{asked} needs Lightning Fabric, which is not installed; pip install "ricordo'
+                '[fabric]", or train at float32 on one device (--precision 32-true, --backend auto)'
+            ) from None
 
         try:
             self.fabric = Fabric(

@@ -27,7 +27,7 @@ batch had Mammoth's size, the same runs scored 13.4, 24.0 and 28.3.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,8 +45,15 @@ INSERT_ROWS = 4096  # rows offered to the memory per add at the end of an update
 
 @dataclass(frozen=True)
 class AGEMParams:
-    # Rows of the reference batch (None: --batch-size); Mammoth best, seq-MNIST, buffer 500.
-    memory_batch_size: int | None = 128
+    memory_batch_size: int | None = field(
+        default=128,
+        metadata={
+            "doc": (
+                "Rows of the reference batch (None: --batch-size); Mammoth best, seq-MNIST, buffer"
+                " 500."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.memory_batch_size is not None and self.memory_batch_size < 1:

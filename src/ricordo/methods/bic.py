@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -79,27 +79,73 @@ LOSS_WEIGHTINGS = ("paper", "normalized")
 @dataclass(frozen=True)
 class BiCParams:
     # Defaults: the paper's CIFAR-100 setting as its code does it (FACIL's reproduction).
-    memory_batch_size: int | None = None  # rows replayed per step; None = batch size (as ER)
-    temperature: float = 2.0  # paper: T = 2
-    bias_val_fraction: float = 0.1  # paper: exemplars split 9:1 into train and validation
-    # Epochs of the correction's SGD fit (the paper's code, FACIL: 200), or L-BFGS iterations.
-    bias_epochs: int = 200
-    # L2 weight on beta: the paper's code (FACIL) adds 0.1 * beta**2 / 2.
-    bias_decay: float = 0.1
-    # "sgd": the paper's code (FACIL): SGD, momentum 0.9, training lr, batches of --batch-size;
-    # "lbfgs" (ours): a full, lr-free fit on the frozen validation logits.
-    bias_optimizer: str = "sgd"
-    # Ours: also apply the L2 term to alpha - 1 (a bounded fit); none = on with lbfgs only.
-    bias_alpha_decay: bool | None = None
-    # Ours: keep a correction only if it does not lower the validation accuracy; none = on with
-    # lbfgs only.
-    bias_accept_guard: bool | None = None
-    # Fewer validation rows for some old or new class: no hold-out, no correction this update
-    # (1: the paper's split, one row per class at least; larger values are ours).
-    bias_min_val_rows: int = 1
-    # "paper": (1 - lam) * CE + lam * KD; "normalized" (ours): that loss / (1 - lam), i.e.
-    # CE + (old / chunk) * KD, CE at unit weight (for short schedules).
-    loss_weighting: str = "paper"
+    memory_batch_size: int | None = field(
+        default=None, metadata={"doc": "rows replayed per step; None = batch size (as ER)"}
+    )
+    temperature: float = field(default=2.0, metadata={"doc": "paper: T = 2"})
+    bias_val_fraction: float = field(
+        default=0.1, metadata={"doc": "paper: exemplars split 9:1 into train and validation"}
+    )
+    bias_epochs: int = field(
+        default=200,
+        metadata={
+            "doc": (
+                "Epochs of the correction's SGD fit (the paper's code, FACIL: 200), or L-BFGS "
+                "iterations."
+            )
+        },
+    )
+    bias_decay: float = field(
+        default=0.1,
+        metadata={"doc": "L2 weight on beta: the paper's code (FACIL) adds 0.1 * beta**2 / 2."},
+    )
+    bias_optimizer: str = field(
+        default="sgd",
+        metadata={
+            "doc": (
+                '"sgd": the paper\'s code (FACIL): SGD, momentum 0.9, training lr, batches of '
+                '--batch-size; "lbfgs" (ours): a full, lr-free fit on the frozen validation '
+                "logits."
+            )
+        },
+    )
+    bias_alpha_decay: bool | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Ours: also apply the L2 term to alpha - 1 (a bounded fit); none = on with lbfgs "
+                "only."
+            )
+        },
+    )
+    bias_accept_guard: bool | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Ours: keep a correction only if it does not lower the validation accuracy; none ="
+                " on with lbfgs only."
+            )
+        },
+    )
+    bias_min_val_rows: int = field(
+        default=1,
+        metadata={
+            "doc": (
+                "Fewer validation rows for some old or new class: no hold-out, no correction this "
+                "update (1: the paper's split, one row per class at least; larger values are "
+                "ours)."
+            )
+        },
+    )
+    loss_weighting: str = field(
+        default="paper",
+        metadata={
+            "doc": (
+                '"paper": (1 - lam) * CE + lam * KD; "normalized" (ours): that loss / (1 - lam), '
+                "i.e. CE + (old / chunk) * KD, CE at unit weight (for short schedules)."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.memory_batch_size is not None and self.memory_batch_size < 1:

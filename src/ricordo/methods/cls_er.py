@@ -30,7 +30,7 @@ the gain over ER came from the averaging of weights rather than the consistency 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,15 +54,33 @@ EMA_SHARES = (0.1, 0.5)
 @dataclass(frozen=True)
 class CLSERParams:
     # Defaults: the authors' best arguments for S-MNIST, buffer 500 (NeurAI-Lab/CLS-ER).
-    consistency_weight: float = 2.0  # lambda, weight of the consistency MSE (reg_weight)
-    plastic_rate: float = 1.0  # r_p: probability of updating the plastic model after a step
-    plastic_decay: float = 0.99  # alpha_p: its EMA decay
-    stable_rate: float = 0.9  # r_s
-    stable_decay: float = 0.99  # alpha_s
-    # Rows replayed per step; None = --batch-size (the authors' S-MNIST setting: 32, batch 10).
-    memory_batch_size: int | None = None
-    # Ours, off by default: cap the decays to a share of a short update (module docstring).
-    adapt_decays: bool = False
+    consistency_weight: float = field(
+        default=2.0, metadata={"doc": "lambda, weight of the consistency MSE (reg_weight)"}
+    )
+    plastic_rate: float = field(
+        default=1.0, metadata={"doc": "r_p: probability of updating the plastic model after a step"}
+    )
+    plastic_decay: float = field(default=0.99, metadata={"doc": "alpha_p: its EMA decay"})
+    stable_rate: float = field(default=0.9, metadata={"doc": "r_s"})
+    stable_decay: float = field(default=0.99, metadata={"doc": "alpha_s"})
+    memory_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Rows replayed per step; None = --batch-size (the authors' S-MNIST setting: 32, "
+                "batch 10)."
+            )
+        },
+    )
+    adapt_decays: bool = field(
+        default=False,
+        metadata={
+            "doc": (
+                "Ours, off by default: cap the decays to a share of a short update (module "
+                "docstring)."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         check_weight("consistency_weight", self.consistency_weight)

@@ -57,7 +57,7 @@ entries only. (It used to be ``max_classes`` wide from the first insertion: ``--
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -84,14 +84,29 @@ def _check_weight(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class DERParams:
-    alpha: float = 1.0  # logit-MSE weight; Mammoth best, seq-MNIST, buffer 500
-    # Rows per replayed batch; None = --batch-size (Mammoth's seq-MNIST best: 128 for DER, 10 for
-    # DER++, with batches of 10).
-    memory_batch_size: int | None = None
-    # Growing heads only (num_classes unset): targets of stored rows for output columns added
-    # later: "clip" = the column's logit at the start of the update, at most the row's lowest
-    # stored logit; "current" = that logit as is. A fixed head stores every column from the start.
-    new_columns: str = "clip"
+    alpha: float = field(
+        default=1.0, metadata={"doc": "logit-MSE weight; Mammoth best, seq-MNIST, buffer 500"}
+    )
+    memory_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Rows per replayed batch; None = --batch-size (Mammoth's seq-MNIST best: 128 for "
+                "DER, 10 for DER++, with batches of 10)."
+            )
+        },
+    )
+    new_columns: str = field(
+        default="clip",
+        metadata={
+            "doc": (
+                "Growing heads only (num_classes unset): targets of stored rows for output columns"
+                ' added later: "clip" = the column\'s logit at the start of the update, at most the'
+                ' row\'s lowest stored logit; "current" = that logit as is. A fixed head stores '
+                "every column from the start."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         _check_weight("alpha", self.alpha)
@@ -103,8 +118,14 @@ class DERParams:
 
 @dataclass(frozen=True)
 class DERPPParams(DERParams):
-    alpha: float = 1.0  # logit-MSE weight; Mammoth best for DER++, seq-MNIST, buffer 500
-    beta: float = 0.5  # replay cross-entropy weight; Mammoth best, seq-MNIST, buffer 500
+    alpha: float = field(
+        default=1.0,
+        metadata={"doc": "logit-MSE weight; Mammoth best for DER++, seq-MNIST, buffer 500"},
+    )
+    beta: float = field(
+        default=0.5,
+        metadata={"doc": "replay cross-entropy weight; Mammoth best, seq-MNIST, buffer 500"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

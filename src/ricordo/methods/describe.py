@@ -1,13 +1,12 @@
 """What a method does and takes, for ``ricordo methods`` and ``ricordo.methods.describe``: its
 summary, its memory, where its defaults come from (``Method.defaults_from``), its documentation
-(the module docstring) and its parameters, each with type, default and the comment written beside
-the field in its Params dataclass."""
+(the module docstring) and its parameters, each with type, default and the note its Params
+dataclass gives the field as ``dataclasses.field(metadata={"doc": ...})`` (data, not parsed
+source, so it also works without source files and for third-party methods)."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -16,9 +15,8 @@ from typing import Any
 from ricordo.config import UpdateConfig
 from ricordo.methods.base import METHODS, Method
 
-# A field of a Params dataclass body, ``    name: type = default  # note``, and a comment line.
-FIELD = re.compile(r"^\s{4}(\w+)\s*:[^=#]*=[^#]*(?:#\s*(.+?))?\s*$")
-COMMENT = re.compile(r"^\s{4}#\s?(.*)$")
+# The key of a Params field's metadata that holds its one-paragraph documentation.
+DOC = "doc"
 
 
 @dataclass(frozen=True)
@@ -43,10 +41,9 @@ def describe(name: str) -> MethodDoc:
     """The documentation of the registered method ``name`` (unknown names: ConfigError)."""
     method = METHODS.get(name)
     module = sys.modules[method.__module__]
-    notes = _field_notes(method.Params)
     hints = typing.get_type_hints(method.Params)
     params = [
-        ParamDoc(f.name, _type_name(hints[f.name]), f.default, notes.get(f.name, ""))
+        ParamDoc(f.name, _type_name(hints[f.name]), f.default, f.metadata.get(DOC, ""))
         for f in dataclasses.fields(method.Params)
     ]
     return MethodDoc(
@@ -71,31 +68,6 @@ def memory_needs(method: type[Method]) -> str:
     if method.memory_note:
         return f"--memory-size ({method.memory_note})"
     return "--memory-size" if policy == "sliding-window" else f"--memory-size ({policy})"
-
-
-def _field_notes(params: type) -> dict[str, str]:
-    """Each field's comment: the one beside it, else the comment lines just above it. Base
-    classes are read first, so a subclass's note for the same field wins (a field it restates
-    without a comment keeps the base class's note)."""
-    notes: dict[str, str] = {}
-    for cls in reversed(params.__mro__):
-        if not dataclasses.is_dataclass(cls):
-            continue
-        try:
-            lines = inspect.getsource(cls).splitlines()
-        except (OSError, TypeError):  # no source (e.g. a frozen app): types and defaults only
-            continue
-        above: list[str] = []
-        for line in lines:
-            if comment := COMMENT.match(line):
-                above.append(comment.group(1))
-            elif field := FIELD.match(line):
-                name = field.group(1)
-                notes[name] = field.group(2) or " ".join(above) or notes.get(name, "")
-                above = []
-            else:
-                above = []
-    return notes
 
 
 def _type_name(hint: Any) -> str:

@@ -11,7 +11,7 @@ ours are UpdateConfig's (--lr, --epochs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -24,9 +24,15 @@ from ricordo.methods.base import Batch, Method, UpdateContext, register
 
 @dataclass(frozen=True)
 class ERParams:
-    # Rows drawn from the memory per step; None = --batch-size (Mammoth best, seq-MNIST, buffer
-    # 500: minibatch_size = batch_size = 10).
-    memory_batch_size: int | None = None
+    memory_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Rows drawn from the memory per step; None = --batch-size (Mammoth best, "
+                "seq-MNIST, buffer 500: minibatch_size = batch_size = 10)."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.memory_batch_size is not None and self.memory_batch_size < 1:

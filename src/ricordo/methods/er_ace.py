@@ -16,7 +16,7 @@ one, as in the paper (10 + 10 rows). Mammoth's best arguments have no seq-MNIST 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -30,9 +30,16 @@ from ricordo.methods.er import ERParams, ExperienceReplay
 
 @dataclass(frozen=True)
 class ERACEParams(ERParams):
-    # Rows drawn from the memory per step; None = --batch-size (the paper and its code replay as
-    # many rows as arrive, 10 + 10; Mammoth has no seq-MNIST entry for ER-ACE).
-    memory_batch_size: int | None = None
+    memory_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Rows drawn from the memory per step; None = --batch-size (the paper and its code "
+                "replay as many rows as arrive, 10 + 10; Mammoth has no seq-MNIST entry for "
+                "ER-ACE)."
+            )
+        },
+    )
 
 
 @register

@@ -32,7 +32,7 @@ epoch; ours are UpdateConfig's. (The defaults were seq-CIFAR-10's λ 10 with the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,11 +57,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EWCParams:
-    ewc_lambda: float = 90.0  # penalty weight; Mammoth best for ewc_on (e_lambda), seq-MNIST
-    # "mammoth" (observed labels, each weighted by its probability: Mammoth's ewc_on, which its
-    # λ was tuned with), "true" (sampled labels, the Fisher) or "empirical" (observed labels).
-    fisher: str = "mammoth"
-    fisher_samples: int | None = None  # chunk rows used to estimate the Fisher; None = all
+    ewc_lambda: float = field(
+        default=90.0,
+        metadata={"doc": "penalty weight; Mammoth best for ewc_on (e_lambda), seq-MNIST"},
+    )
+    fisher: str = field(
+        default="mammoth",
+        metadata={
+            "doc": (
+                '"mammoth" (observed labels, each weighted by its probability: Mammoth\'s ewc_on, '
+                'which its λ was tuned with), "true" (sampled labels, the Fisher) or "empirical" '
+                "(observed labels)."
+            )
+        },
+    )
+    fisher_samples: int | None = field(
+        default=None, metadata={"doc": "chunk rows used to estimate the Fisher; None = all"}
+    )
 
     def __post_init__(self) -> None:
         if not self.ewc_lambda >= 0:
@@ -74,7 +86,10 @@ class EWCParams:
 
 @dataclass(frozen=True)
 class OnlineEWCParams(EWCParams):
-    gamma: float = 1.0  # decay of the running Fisher (Schwarz et al.); Mammoth best, seq-MNIST
+    gamma: float = field(
+        default=1.0,
+        metadata={"doc": "decay of the running Fisher (Schwarz et al.); Mammoth best, seq-MNIST"},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

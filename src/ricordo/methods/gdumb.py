@@ -30,7 +30,7 @@ make room for, so later chunks are not stored; GDumb then logs a warning naming 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GDumbParams(MemoryFitParams):
-    reset: bool = True  # paper: retrain from scratch at every update; False: continue training
+    reset: bool = field(
+        default=True,
+        metadata={"doc": "paper: retrain from scratch at every update; False: continue training"},
+    )
 
 
 @register

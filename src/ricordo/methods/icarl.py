@@ -27,7 +27,7 @@ one epoch, no weight decay); ours are UpdateConfig's.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -46,7 +46,12 @@ UNSEEN_SCORE = -4.0  # below -|f - mu| for any unit vectors f, mu
 
 @dataclass(frozen=True)
 class ICaRLParams:
-    nme: bool = True  # paper: nearest-mean-of-exemplars; False: the network's outputs ("hybrid1")
+    nme: bool = field(
+        default=True,
+        metadata={
+            "doc": ('paper: nearest-mean-of-exemplars; False: the network\'s outputs ("hybrid1")')
+        },
+    )
 
 
 @register

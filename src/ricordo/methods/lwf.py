@@ -18,7 +18,7 @@ at lr 0.03, batch 10, one epoch, weight decay 5e-4; ours are UpdateConfig's.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,8 +36,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LwFParams:
-    alpha: float = 1.0  # distillation weight; Mammoth best, seq-MNIST (= the paper's λ_o)
-    temperature: float = 2.0  # softmax temperature T; Mammoth best, seq-MNIST (= the paper's)
+    alpha: float = field(
+        default=1.0,
+        metadata={"doc": "distillation weight; Mammoth best, seq-MNIST (= the paper's λ_o)"},
+    )
+    temperature: float = field(
+        default=2.0,
+        metadata={"doc": "softmax temperature T; Mammoth best, seq-MNIST (= the paper's)"},
+    )
 
     def __post_init__(self) -> None:
         if not self.alpha >= 0:

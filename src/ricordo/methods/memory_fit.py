@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,11 +35,28 @@ SCHEDULES = ("sgdr", "constant")
 
 @dataclass(frozen=True)
 class MemoryFitParams:
-    # Epochs over the memory; None = --epochs. GDumb's official code for MNIST: 128 passes.
-    fitting_epochs: int | None = 128
-    schedule: str = "sgdr"  # sgdr: warm-up epoch, then cosine warm restarts; constant: --lr
-    # SGDR floor as a fraction of --lr; GDumb's official code: minlr / maxlr = 0.0005 / 0.05.
-    min_lr_ratio: float = 0.01
+    fitting_epochs: int | None = field(
+        default=128,
+        metadata={
+            "doc": (
+                "Epochs over the memory; None = --epochs. GDumb's official code for MNIST: 128 "
+                "passes."
+            )
+        },
+    )
+    schedule: str = field(
+        default="sgdr",
+        metadata={"doc": "sgdr: warm-up epoch, then cosine warm restarts; constant: --lr"},
+    )
+    min_lr_ratio: float = field(
+        default=0.01,
+        metadata={
+            "doc": (
+                "SGDR floor as a fraction of --lr; GDumb's official code: minlr / maxlr = 0.0005 /"
+                " 0.05."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.fitting_epochs is not None and self.fitting_epochs < 1:

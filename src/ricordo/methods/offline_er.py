@@ -13,7 +13,7 @@ rows meets as many memory rows), and the loss weight N_t / (N_t + N_previous).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,11 +28,24 @@ from ricordo.methods.base import Batch, Method, UpdateContext, register
 
 @dataclass(frozen=True)
 class OfflineERParams:
-    # Rows drawn from the memory per step; None = batch size (Renate: batch_memory_frac 0.5, an
-    # equal split of its batch between new and memory rows).
-    memory_batch_size: int | None = None
-    # Weight of the new rows' loss in [0, 1]; None = N_t / (N_t + N_previous) (Renate's default).
-    loss_weight_new_data: float | None = None
+    memory_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Rows drawn from the memory per step; None = batch size (Renate: batch_memory_frac"
+                " 0.5, an equal split of its batch between new and memory rows)."
+            )
+        },
+    )
+    loss_weight_new_data: float | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Weight of the new rows' loss in [0, 1]; None = N_t / (N_t + N_previous) (Renate's"
+                " default)."
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.memory_batch_size is not None and self.memory_batch_size < 1:

@@ -37,7 +37,7 @@ features computed for their stored rows at the start of the next update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,10 +57,20 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class PODERParams:
     # Defaults: Renate's POD-ER (alpha 1, distillation_type "spatial", normalize 1).
-    pod_weight: float = 1.0  # weight of the POD loss (Renate: alpha); the loss is / (1 + weight)
-    pod_pooling: str = "spatial"  # spatial, width, height, channel, gap or pixel (4-D maps)
-    pod_normalize: bool = True  # L2-normalise pooled features before the distance
-    memory_batch_size: int | None = None  # rows replayed per step; None = batch size
+    pod_weight: float = field(
+        default=1.0,
+        metadata={"doc": "weight of the POD loss (Renate: alpha); the loss is / (1 + weight)"},
+    )
+    pod_pooling: str = field(
+        default="spatial",
+        metadata={"doc": "spatial, width, height, channel, gap or pixel (4-D maps)"},
+    )
+    pod_normalize: bool = field(
+        default=True, metadata={"doc": "L2-normalise pooled features before the distance"}
+    )
+    memory_batch_size: int | None = field(
+        default=None, metadata={"doc": "rows replayed per step; None = batch size"}
+    )
 
     def __post_init__(self) -> None:
         check_weight("pod_weight", self.pod_weight)

@@ -28,7 +28,7 @@ gets the same weights); parameters of modules without one are not re-initialised
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -59,11 +59,24 @@ def double_distillation(logits: Tensor, targets: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class RDParams(MemoryFitParams):
-    # Epochs over the memory in the consolidation; None = --epochs (Renate). Ours, opt-in: a
-    # count, e.g. 128 with schedule=sgdr, for GDumb's fit from scratch.
-    fitting_epochs: int | None = None
-    # constant: --lr (Renate); sgdr (ours, opt-in): warm-up epoch, then cosine warm restarts.
-    schedule: str = "constant"
+    fitting_epochs: int | None = field(
+        default=None,
+        metadata={
+            "doc": (
+                "Epochs over the memory in the consolidation; None = --epochs (Renate). Ours, "
+                "opt-in: a count, e.g. 128 with schedule=sgdr, for GDumb's fit from scratch."
+            )
+        },
+    )
+    schedule: str = field(
+        default="constant",
+        metadata={
+            "doc": (
+                "constant: --lr (Renate); sgdr (ours, opt-in): warm-up epoch, then cosine warm "
+                "restarts."
+            )
+        },
+    )
 
 
 @register

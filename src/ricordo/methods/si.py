@@ -18,7 +18,7 @@ xi 1.0.) Mammoth trained at lr 0.1, batch 10, one epoch; ours are UpdateConfig's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,8 +36,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SIParams:
-    c: float = 1.0  # penalty weight; Mammoth best, seq-MNIST (Zenke et al.: 0.1 on split MNIST)
-    xi: float = 0.9  # damping ξ of Ω's denominator; Mammoth best, seq-MNIST
+    c: float = field(
+        default=1.0,
+        metadata={
+            "doc": ("penalty weight; Mammoth best, seq-MNIST (Zenke et al.: 0.1 on split MNIST)")
+        },
+    )
+    xi: float = field(
+        default=0.9, metadata={"doc": "damping ξ of Ω's denominator; Mammoth best, seq-MNIST"}
+    )
 
     def __post_init__(self) -> None:
         if not self.c >= 0:

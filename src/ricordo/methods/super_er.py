@@ -37,7 +37,7 @@ spatial normalised, ``SER_SP_SHRINK_FACTOR`` 0.95, ``SER_SP_SIGMA`` 0.001,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -67,20 +67,43 @@ if TYPE_CHECKING:
 class SuperERParams(PODERParams, CLSERParams):
     # Defaults: Renate's Super-ER (awslabs/Renate, defaults.py SER_*), restated here so that
     # changes to the cls-er and pod-er defaults do not change them.
-    logit_weight: float = 1.0  # DER's logit MSE on replayed batch 1 (Renate: der_alpha)
-    replay_weight: float = 1.0  # cross-entropy on replayed batch 2 (Renate: der_beta)
-    consistency_weight: float = 0.1  # CLS-ER's consistency MSE on batch 2 (Renate: cls_alpha)
-    plastic_rate: float = 0.9  # probability of an EMA update of the plastic model per step
-    plastic_decay: float = 0.999  # its EMA decay
-    stable_rate: float = 0.7  # the same for the stable model
-    stable_decay: float = 0.999
-    adapt_decays: bool = False  # ours: cap the decays for short updates (see cls-er)
-    pod_weight: float = 1.0  # POD on replayed batch 3 (Renate: pod_alpha)
-    pod_pooling: str = "spatial"  # spatial, width, height, channel, gap or pixel (4-D maps)
-    pod_normalize: bool = True  # L2-normalise pooled features before the distance
-    shrink: float = 0.95  # shrink-and-perturb factor before each update (sp_shrink_factor)
-    perturb: float = 0.001  # std of its Gaussian noise (sp_sigma)
-    logit_ema: float = 1.0  # stored logits <- g * stored + (1 - g) * current; 1 = keep them
+    logit_weight: float = field(
+        default=1.0, metadata={"doc": "DER's logit MSE on replayed batch 1 (Renate: der_alpha)"}
+    )
+    replay_weight: float = field(
+        default=1.0, metadata={"doc": "cross-entropy on replayed batch 2 (Renate: der_beta)"}
+    )
+    consistency_weight: float = field(
+        default=0.1, metadata={"doc": "CLS-ER's consistency MSE on batch 2 (Renate: cls_alpha)"}
+    )
+    plastic_rate: float = field(
+        default=0.9, metadata={"doc": "probability of an EMA update of the plastic model per step"}
+    )
+    plastic_decay: float = field(default=0.999, metadata={"doc": "its EMA decay"})
+    stable_rate: float = field(default=0.7, metadata={"doc": "the same for the stable model"})
+    stable_decay: float = field(default=0.999, metadata={"doc": "alpha_s"})
+    adapt_decays: bool = field(
+        default=False, metadata={"doc": "ours: cap the decays for short updates (see cls-er)"}
+    )
+    pod_weight: float = field(
+        default=1.0, metadata={"doc": "POD on replayed batch 3 (Renate: pod_alpha)"}
+    )
+    pod_pooling: str = field(
+        default="spatial",
+        metadata={"doc": "spatial, width, height, channel, gap or pixel (4-D maps)"},
+    )
+    pod_normalize: bool = field(
+        default=True, metadata={"doc": "L2-normalise pooled features before the distance"}
+    )
+    shrink: float = field(
+        default=0.95,
+        metadata={"doc": "shrink-and-perturb factor before each update (sp_shrink_factor)"},
+    )
+    perturb: float = field(default=0.001, metadata={"doc": "std of its Gaussian noise (sp_sigma)"})
+    logit_ema: float = field(
+        default=1.0,
+        metadata={"doc": "stored logits <- g * stored + (1 - g) * current; 1 = keep them"},
+    )
 
     def __post_init__(self) -> None:
         CLSERParams.__post_init__(self)
