@@ -65,9 +65,9 @@ class Updater:
     ``config`` is an UpdateConfig, or (like the CLI's ``--config``) your model code: a .py file
     defining ``model_fn(**kwargs)`` or ``"module:function"``.
 
-    ``model`` is a built-in model's name (``"mlp"``, ``"cnn"``) or your own model: an
-    ``nn.Module`` (the lineage trains a copy of it; yours is left as passed), a function that
-    returns one, ``"module:function"`` or a .py file. The state records a portable reference
+    ``model`` is a built-in model's name (``"mlp"``, ``"cnn"``, ``"resnet18"``) or your own
+    model: an ``nn.Module`` (the lineage trains a copy of it; yours is left as passed), a function
+    that returns one, ``"module:function"`` or a .py file. The state records a portable reference
     to it (``module:qualname``, sha256 of its source file) and reloads only from the code you
     pass to :meth:`load`.
     """

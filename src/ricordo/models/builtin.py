@@ -1,4 +1,5 @@
-"""Built-in backbones: a multilayer perceptron and a small CNN, both ending in an nn.Linear head."""
+"""Built-in backbones: a multilayer perceptron, a small CNN and the CIFAR ResNet-18, all ending
+in an nn.Linear head."""
 
 from __future__ import annotations
 
@@ -107,6 +108,29 @@ def cnn(
     return nn.Sequential(*layers)
 
 
+@MODELS.register("resnet18")
+def resnet18(
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int] = (),
+    width: int = 64,
+    normalize: str | None = None,
+) -> nn.Module:
+    """The reduced ResNet-18 for 32x32 (or 64x64) images of Mammoth and the DER paper
+    (models.resnet); ``width`` is Mammoth's ``nf`` (64). ``--hidden`` does not apply to it."""
+    from ricordo.models.resnet import ResNet18
+
+    if len(input_shape) != 3:
+        raise ConfigError(
+            f"model 'resnet18' needs images shaped (channels, height, width), got "
+            f"{tuple(input_shape)}; use --model mlp for flat features"
+        )
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ConfigError(f"resnet18 width={width!r} must be a positive integer (64 is Mammoth's)")
+    prefix = _input_layers(input_shape, normalize)
+    return ResNet18(int(input_shape[0]), num_classes, width=width, prefix=prefix)
+
+
 def build_builtin(
     name: str,
     input_shape: Sequence[int],
@@ -118,7 +142,7 @@ def build_builtin(
     or an absurd ``--hidden`` is one line instead of a TypeError or a failed allocation."""
     factory = MODELS.get(name)
     check_options(name, factory, options)
-    count = parameter_count(name, input_shape, num_classes, hidden)
+    count = parameter_count(name, input_shape, num_classes, hidden, options)
     limit = min(MAX_PARAMETERS, _physical_memory() // 4 or MAX_PARAMETERS)
     if count > limit:
         raise ConfigError(
@@ -145,10 +169,21 @@ def check_options(name: str, factory: ModelFactory, options: dict[str, Any]) -> 
 
 
 def parameter_count(
-    name: str, input_shape: Sequence[int], num_classes: int, hidden: Sequence[int]
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    hidden: Sequence[int],
+    options: dict[str, Any] | None = None,
 ) -> int:
-    """Parameters of the built-in ``mlp`` or ``cnn`` for these shapes, computed without
-    building it (0 for a model this function does not know)."""
+    """Parameters of the built-in ``mlp``, ``cnn`` or ``resnet18`` for these shapes, computed
+    without building it (0 for a model this function does not know)."""
+    if name == "resnet18" and len(input_shape) == 3:
+        from ricordo.models.resnet import resnet18_parameters
+
+        width = (options or {}).get("width", 64)
+        if isinstance(width, int) and not isinstance(width, bool) and width > 0:
+            return resnet18_parameters(int(input_shape[0]), num_classes, width)
+        return 0  # the factory refuses the width in one line
     if name == "mlp":
         count, width = 0, prod(int(d) for d in input_shape)
         for size in (*hidden, num_classes):
