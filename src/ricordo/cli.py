@@ -105,7 +105,7 @@ app = _App(
 
 # Options shared by `update` and `benchmark`. None means "not given": the stored value (for a
 # later update) or UpdateConfig's default is used.
-Model = Annotated[str | None, typer.Option(help="Built-in model: mlp or cnn.")]
+Model = Annotated[str | None, typer.Option(help="Built-in model: mlp, cnn or resnet18.")]
 Hidden = Annotated[
     str | None, typer.Option(help="Hidden sizes (mlp) or channels (cnn), e.g. 256,128.")
 ]
@@ -697,6 +697,15 @@ def benchmark(
             "here override it.",
         ),
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="A standard protocol by name (seq-mnist, seq-cifar10, seq-cifar100, "
+            "seq-tinyimagenet): dataset, scenario, model, epochs, batch size, lr, augmentation; "
+            "other options override it. 'list' describes them.",
+        ),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Built-in dataset (digits).")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding the dataset files.")] = None,
     download: Annotated[
@@ -794,6 +803,11 @@ def benchmark(
     from ricordo.bench.sweep import run_experiment
     from ricordo.errors import RicordoError
 
+    if preset == "list":
+        from ricordo.bench.presets import describe_presets
+
+        typer.echo(describe_presets())
+        return
     if method and methods:
         raise ConfigError("pass either --method or --methods, not both")
     if seed is not None and seeds:
@@ -825,6 +839,7 @@ def benchmark(
         "scenario_seed": scenario_seed,
         "chunks": None if chunks is None else str(chunks),
         "validation": validation,
+        "preset": preset,
         "head": None if growing_head is None else ("growing" if growing_head else "fixed"),
         "methods": method or methods,
         "seeds": seeds if seeds else seed,

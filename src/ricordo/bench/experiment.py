@@ -17,6 +17,8 @@ worker process from it, every run records it, and ``OUTPUT/experiment.yaml`` rep
     head: fixed                # output layer: one column per class of the scenario from the
                                # start (default), or growing (columns added as classes arrive)
     validation: 0.2            # optional: evaluate on 20 % of each training chunk, not the tests
+    preset: seq-cifar10        # optional: a named protocol's keys (ricordo.bench.presets) under
+                               # the others
 
 A method parameter given several values is a grid: ``params: {alpha: [0.1, 0.3, 1]}`` (or
 ``--param alpha=0.1,0.3,1``) runs der[alpha=0.1], der[alpha=0.3] and der[alpha=1] (see
@@ -65,6 +67,9 @@ SPEC_KEYS = (*DATASET_KEYS, "chunks", "validation")
 RUN_KEYS = ("methods", "seeds", "method_options", "workers", "ray_address", "output", "head")
 HEADS = ("fixed", "growing")  # ricordo.bench.runner.run_benchmark's ``head``
 INFO_KEYS = ("library_version",)
+# ``preset: seq-cifar10`` (CLI: --preset) fills in a named protocol's keys (ricordo.bench.presets)
+# under everything else the file or the command line sets.
+PRESET_KEY = "preset"
 ALIASES = {"method": "methods", "seed": "seeds"}
 # Dict-valued keys: a CLI override merges into the file's dict instead of replacing it.
 DICT_KEYS = ("dataset_options", "scenario_options", "params", "model_options", "method_options")
@@ -77,7 +82,7 @@ def config_keys() -> list[str]:
 
 
 def valid_keys() -> list[str]:
-    return [*SPEC_KEYS, *RUN_KEYS, *INFO_KEYS, *ALIASES, *config_keys()]
+    return [*SPEC_KEYS, *RUN_KEYS, *INFO_KEYS, PRESET_KEY, *ALIASES, *config_keys()]
 
 
 # --------------------------------------------------------------------------------- scenario spec
@@ -360,6 +365,12 @@ class Experiment:
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "the experiment") -> Experiment:
         """Build from YAML/JSON data; unknown keys fail in one line naming them."""
         data = normalize(data, source=source)
+        if data.get(PRESET_KEY) is not None:
+            from ricordo.bench.presets import preset_settings
+
+            settings = normalize(preset_settings(str(data.pop(PRESET_KEY))))
+            data = merge(settings, data)
+        data.pop(PRESET_KEY, None)
         _check_chunks_alone(data, source)
         spec = ScenarioSpec.from_dict({k: data[k] for k in SPEC_KEYS if k in data})
         options = {k: data[k] for k in config_keys() if k in data}
