@@ -1,6 +1,9 @@
 """Benchmark presets: ``ricordo benchmark --preset seq-cifar10`` and the ``preset:`` key."""
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -144,3 +147,47 @@ def test_a_preset_runs_end_to_end_on_digits(
     assert recorded["scenario_options"] == {"class_order": list(range(10))}
     summary = json.loads((out / "summary.json").read_text())
     assert [run["status"] for run in summary["runs"]] == ["ok", "ok"]
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_seq_cifar10.sh"
+
+
+def run_script(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "RICORDO_DATA"}
+    environ.update(PYTHON=sys.executable, OUT=str(tmp_path / "out"), **env)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=environ, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_gpu_script_dry_run_resolves_each_run_with_mammoths_best_arguments(
+    tmp_path: Path,
+) -> None:
+    result = run_script(tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    commands = [line for line in lines if not line.startswith("#")]
+    assert len(commands) == 2  # memory 200 and 500, each one benchmark of er, der++, icarl
+    for memory, command in zip((200, 500), commands, strict=True):
+        assert f"benchmark -c {tmp_path}/out/m{memory}.yaml --preset seq-cifar10" in command
+        assert f"--memory-size {memory} --seeds 0 --accelerator cuda" in command
+    resolved = [line for line in lines if line.startswith("#   ") and ": cifar10 x5" in line]
+    assert len(resolved) == 6
+    assert "er: cifar10 x5 resnet18" in resolved[0] and "lr 0.1 " in resolved[0]
+    assert "'memory_batch_size': 128" in resolved[0]
+    assert "lr 0.03 " in resolved[1] and "'alpha': 0.1, 'beta': 0.5" in resolved[1]
+    assert "lr 0.1 " in resolved[2] and "wd 2e-05" in resolved[2]  # iCaRL's wd_reg 1e-5
+    assert "'alpha': 0.2, 'beta': 0.5" in resolved[4]
+    assert all("epochs 50 batch 32 sgd" in line and "crop:4,flip" in line for line in resolved)
+
+
+def test_gpu_script_refuses_without_a_gpu_or_the_cifar10_files(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    result = run_script(tmp_path, RICORDO_DATA=str(tmp_path / "data"))
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gpu_seq_cifar10: ")
+    assert "no CUDA GPU visible" in lines[0] or "CIFAR-10 binary files not found" in lines[0]
+    assert not (tmp_path / "out").exists()  # refused before running anything
+    result = run_script(tmp_path, "--bogus")
+    assert result.returncode == 2 and "the only option is --dry-run" in result.stderr

@@ -100,3 +100,23 @@ def test_save_and_load_round_trip_is_bit_for_bit(tmp_path: Path) -> None:
     for key in before:
         assert torch.equal(before[key].cpu(), after[key].cpu()), key
     assert torch.equal(updater.predict(x), loaded.predict(x))
+
+
+@pytest.mark.parametrize("method", ["icarl", "pod-er"])
+def test_feature_methods_train_resnet18_while_its_head_grows(method: str) -> None:
+    # iCaRL reads the pooled features (the classifier's input), POD the stages' outputs.
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 2
+    updater = Updater(
+        model="resnet18",
+        model_options={"width": 4},
+        method=method,
+        memory_size=8,
+        epochs=1,
+        batch_size=16,
+        progress=False,
+    )
+    updater.update((x[:20], y[:20]))
+    updater.update((x[20:], y[20:] + 2))  # two new classes: the head grows from 2 to 4
+    assert output_layer(updater.model)[1].out_features == 4
+    assert set(updater.predict(x).tolist()) <= {0, 1, 2, 3}
