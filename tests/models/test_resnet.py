@@ -120,3 +120,12 @@ def test_feature_methods_train_resnet18_while_its_head_grows(method: str) -> Non
     updater.update((x[20:], y[20:] + 2))  # two new classes: the head grows from 2 to 4
     assert output_layer(updater.model)[1].out_features == 4
     assert set(updater.predict(x).tolist()) <= {0, 1, 2, 3}
+
+
+def test_an_absurd_width_is_refused_before_anything_is_allocated() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^model 'resnet18' with width=100000 on inputs \(3, 32, 32\) would have "
+        r"27,240,025,700,010 parameters, over the limit",
+    ):
+        resnet(width=100_000)

@@ -145,8 +145,14 @@ def build_builtin(
     count = parameter_count(name, input_shape, num_classes, hidden, options)
     limit = min(MAX_PARAMETERS, _physical_memory() // 4 or MAX_PARAMETERS)
     if count > limit:
+        # resnet18's size is set by its width, not by --hidden (which it ignores).
+        sizes = (
+            f"width={options.get('width', 64)}"
+            if name == "resnet18"
+            else f"--hidden {','.join(map(str, hidden))}"
+        )
         raise ConfigError(
-            f"model {name!r} with --hidden {','.join(map(str, hidden))} on inputs "
+            f"model {name!r} with {sizes} on inputs "
             f"{tuple(input_shape)} would have {count:,} parameters, over the limit of "
             f"{limit:,} (2**31, or this machine's memory in float32 weights); use smaller "
             "layers"
