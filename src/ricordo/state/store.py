@@ -696,13 +696,19 @@ def _read_once(loc: Location, lazy: tuple[str, ...], seen: _Seen) -> LoadedState
 def _replaced_since(loc: Location, seen: _Seen) -> bool:
     """True when the state at ``loc`` is not the one a failed read attempt saw: a writer
     replaced it meanwhile (or is between the two renames of an overwrite, lock held)."""
+    try:
+        if loc.is_local and seen.folder is not None:
+            # The folder this attempt opened is no longer the one at NAME: an overwrite swapped
+            # it out (and may be deleting it, so even its manifest may have gone missing).
+            st = os.stat(loc.path)
+            if (st.st_dev, st.st_ino) != seen.folder:
+                return True
+    except OSError:
+        return True  # gone or half-swapped: look again
     if seen.manifest is None:  # nothing there: only worth waiting for while a writer works
         return bool(loc.fs.exists(loc.path + LOCK_SUFFIX))
     try:
         if loc.is_local:
-            st = os.stat(loc.path)
-            if seen.folder is not None and (st.st_dev, st.st_ino) != seen.folder:
-                return True
             with open(loc.join(MANIFEST_NAME), "rb") as fh:
                 now = fh.read()
         else:
