@@ -221,7 +221,25 @@ LoggerOption = Annotated[
     ),
 ]
 Augment = Annotated[
-    str | None, typer.Option(help="Training augmentation, e.g. crop:4,flip (batched, on device).")
+    str | None,
+    typer.Option(
+        help="Training augmentation, e.g. crop:4,flip (batched, on device; per sample in the "
+        "DataLoader with --lazy)."
+    ),
+]
+DataWorkers = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        help="DataLoader processes reading a --lazy chunk (default 0: the training process).",
+    ),
+]
+Lazy = Annotated[
+    bool,
+    typer.Option(
+        help="Read the chunk sample by sample through a DataLoader instead of into memory: a "
+        ".npz (uncompressed) or --dataset image-folder/hf; for data larger than RAM."
+    ),
 ]
 DataDir = Annotated[
     str | None, typer.Option(help="Folder with dataset files ($RICORDO_DATA by default).")
@@ -419,7 +437,12 @@ def data(
 
 @app.command()
 def update(
-    data: Annotated[str, typer.Option(help="Chunk to learn: .npz (x, y), .csv or .parquet.")],
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Chunk to learn: .npz (x, y), .csv or .parquet; a folder with --dataset."
+        ),
+    ],
     next_state: Annotated[str, typer.Option(help="Where to write the new state (path or URL).")],
     state: Annotated[str | None, typer.Option(help="State to continue from.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --next-state.")] = False,
@@ -457,6 +480,13 @@ def update(
     augment: Augment = None,
     progress: ShowProgress = None,
     logger: LoggerOption = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="--data is a folder of this dataset: image-folder or hf (saved)."),
+    ] = None,
+    dataset_option: DatasetOption = None,
+    lazy: Lazy = False,
+    data_workers: DataWorkers = None,
 ) -> None:
     """Update a model on one chunk and write the next state (one job per chunk)."""
     from ricordo.config import UpdateConfig
@@ -481,16 +511,31 @@ def update(
     from ricordo.engine.loggers import check_outside_states
 
     check_outside_states(logger, {"--next-state": next_state, "--state": state})
+    folder = dataset is not None or lazy
+    if folder and target is not None:
+        raise ConfigError(
+            "--target names a CSV/Parquet label column; drop it with --dataset/--lazy"
+        )
+    if dataset_option and dataset is None:
+        raise ConfigError("--dataset-option needs --dataset image-folder or hf")
+
+    def chunk_of(columns: list[str] | None) -> Any:
+        if folder:
+            from ricordo.data.lazy_sources import open_chunk
+
+            options_ = _pairs(dataset_option, "--dataset-option")
+            return open_chunk(data, dataset, options_, lazy=lazy)
+        return load_data(data, target=target, name=data, columns=columns)
+
     if state is None:
         updater = Updater(UpdateConfig(**options))
-        record = updater.update(load_data(data, target=target, name=data))
+        record = updater.update(chunk_of(None))
     else:
         # --config names the code the state was trained with (checked by hash), not a change.
         code = _model_code(options.pop("config", None), accept_model_change)
         updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
         # A state trained on a table reads the chunk's columns by name (others are ignored).
-        chunk = load_data(data, target=target, name=data, columns=updater.feature_names)
-        record = updater.update(chunk, **options)
+        record = updater.update(chunk_of(updater.feature_names), **options)
     updater.save(next_state, overwrite=overwrite)
     train = record["train"]
     typer.echo(

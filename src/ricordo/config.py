@@ -72,6 +72,9 @@ class UpdateConfig:
     precision: str = "32-true"
     strategy: str = "auto"
     threads: int | None = None  # None: auto (engine.backend.resolve_threads)
+    # DataLoader processes that read a lazy chunk (ricordo.data.LazyDataset, --lazy);
+    # 0 reads it in the training process. In-memory chunks do not use them.
+    data_workers: int = 0
     progress: bool = True
     # Where training metrics go (--logger): "csv[:DIR]", "tensorboard[:DIR]", "mlflow[:EXPERIMENT]",
     # "wandb[:PROJECT]" (engine.loggers). Per job: a loaded state does not inherit it.
@@ -196,6 +199,12 @@ class UpdateConfig:
             "threads",
             self.threads,
             f"an integer in [1, {MAX_THREADS}]",
+        )
+        _check(
+            _is_int(self.data_workers) and 0 <= self.data_workers <= MAX_THREADS,
+            "data_workers",
+            self.data_workers,
+            f"an integer in [0, {MAX_THREADS}] (DataLoader processes; 0: none)",
         )
 
     def replace(self, **changes: Any) -> UpdateConfig:

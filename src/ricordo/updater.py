@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ricordo import __version__
 from ricordo.config import LINEAGE_FIELDS, UpdateConfig
 from ricordo.data.dataset import ArrayDataset
+from ricordo.data.lazy import LazyDataset
 from ricordo.data.loaders import load_data, load_features
 from ricordo.engine.evaluate import evaluate_logits, input_dtype
 from ricordo.engine.loop import TrainReport, train_update
@@ -146,14 +147,14 @@ class Updater:
 
     def initialize(self, data: Any, y: Any = None) -> nn.Module:
         """Build the model for data shaped like ``data`` without training (also done by update)."""
-        chunk = load_data(data, y)
+        chunk = self._load_chunk(data, y)
         if self.model is None:
             self._check_chunk(chunk)
             self._build_first_model(chunk)
         assert self.model is not None
         return self.model
 
-    def _build_first_model(self, chunk: ArrayDataset) -> None:
+    def _build_first_model(self, chunk: ArrayDataset | LazyDataset) -> None:
         """Build the lineage's model for ``chunk``: ``num_classes`` outputs when it is known,
         else as many as the chunk's largest label needs (the head grows later)."""
         fixed = self.config.num_classes
@@ -201,8 +202,13 @@ class Updater:
 
         ``overrides`` change training options (lr, epochs, ...) from this update on; the fields
         that define the lineage (model, method, memory) cannot change.
+
+        ``data`` larger than memory: a ``LazyDataset``, or a map-style torch ``Dataset`` (not a
+        ``TensorDataset``), is read batch by batch through a DataLoader (``data_workers``
+        processes) by the methods that support it (``supports_lazy_data``); other methods
+        refuse a ``LazyDataset`` and read a plain ``Dataset`` into memory, as before.
         """
-        chunk = load_data(data, y, columns=self.feature_names).validate(name="the chunk")
+        chunk = self._load_chunk(data, y).validate(name="the chunk")
         previous_config = self.config
         if overrides:
             self.config = self._with_overrides(overrides)
@@ -230,7 +236,45 @@ class Updater:
             new = new.replace(params=params_to_dict(self.params))
         return new
 
-    def _check_chunk(self, chunk: ArrayDataset) -> None:
+    def _load_chunk(self, data: Any, y: Any) -> ArrayDataset | LazyDataset:
+        """``data`` as an in-memory chunk, or lazily (see :meth:`update`)."""
+        if isinstance(data, LazyDataset):
+            if y is not None:
+                raise DataError("a LazyDataset carries its own labels; drop the separate y")
+            self._check_lazy_support()
+            return data
+        plain = (
+            isinstance(data, torch.utils.data.Dataset)
+            and not isinstance(data, torch.utils.data.IterableDataset)
+            and not isinstance(getattr(data, "tensors", None), tuple)  # TensorDataset: arrays
+        )
+        if plain and y is None and self._lazy_supported():
+            return LazyDataset(data)
+        return load_data(data, y, columns=self.feature_names)
+
+    def _lazy_supported(self) -> bool:
+        memory = self.method.memory
+        offline = memory is not None and memory.policy.offline
+        return self._method_cls.supports_lazy_data and not offline
+
+    def _check_lazy_support(self) -> None:
+        """Refuse a lazy chunk, in one line, for a method that needs it whole in memory."""
+        name = self.config.method
+        if not self._method_cls.supports_lazy_data:
+            able = sorted(n for n in METHODS.names() if METHODS.get(n).supports_lazy_data)
+            raise ConfigError(
+                f"method {name!r} needs the whole chunk in memory and cannot train on lazy data "
+                f"(a LazyDataset, --lazy); methods that can: {', '.join(able)}; or load the "
+                "chunk into memory (without --lazy)"
+            )
+        if not self._lazy_supported():
+            raise ConfigError(
+                f"memory policy {self.config.memory_policy!r} selects from the whole chunk at "
+                "the end of the update and cannot use lazy data (a LazyDataset, --lazy); use "
+                "another --memory-policy, or load the chunk into memory (without --lazy)"
+            )
+
+    def _check_chunk(self, chunk: ArrayDataset | LazyDataset) -> None:
         top = max(chunk.classes())
         fixed = self.config.num_classes
         if fixed is not None and top >= fixed:
@@ -254,7 +298,7 @@ class Updater:
                     f"{expected}; reshape the data to match the first chunk"
                 )
 
-    def _update(self, chunk: ArrayDataset) -> dict[str, Any]:
+    def _update(self, chunk: ArrayDataset | LazyDataset) -> dict[str, Any]:
         self._check_chunk(chunk)
         index = self.updates
         generator = torch.Generator().manual_seed(_derive_seed(self.config.seed, index))
@@ -371,9 +415,13 @@ class Updater:
         for task-incremental evaluation where the task id is known.
         """
         model = self._require_model()
-        chunk = load_data(data, y, columns=self.feature_names)
-        chunk = chunk.validate(name="the evaluation data")
-        self._inference_inputs(chunk.x[:1])
+        if isinstance(data, LazyDataset):  # read in order, untransformed
+            chunk: ArrayDataset | LazyDataset = data.validate(name="the evaluation data")
+            self._inference_inputs(data.load(torch.tensor([0])).x)
+        else:
+            chunk = load_data(data, y, columns=self.feature_names)
+            chunk = chunk.validate(name="the evaluation data")
+            self._inference_inputs(chunk.x[:1])
         ctx = self._inference_context(model)
         result = evaluate_logits(
             lambda x: self.method.predict(x, ctx),
@@ -383,6 +431,7 @@ class Updater:
             model,
             classes=classes,
             known_classes=self.seen_classes,
+            workers=self.config.data_workers,
         )
         return {
             "accuracy": result["accuracy"],
@@ -598,8 +647,11 @@ def _load_weights(
         ) from None
 
 
-def fingerprint(data: ArrayDataset) -> str:
-    """sha256 of the chunk's tensors: identifies the data an update saw, without storing it."""
+def fingerprint(data: ArrayDataset | LazyDataset) -> str:
+    """sha256 of the chunk's tensors: identifies the data an update saw, without storing it.
+    A lazy chunk's is of its name, size and labels (``LazyDataset.fingerprint``)."""
+    if isinstance(data, LazyDataset):
+        return data.fingerprint()
     digest = hashlib.sha256()
     for tensor in (data.x, data.y):
         buffer = io.BytesIO(tensor.contiguous().numpy().tobytes())

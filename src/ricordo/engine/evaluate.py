@@ -9,18 +9,20 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ricordo.data.dataset import ArrayDataset
+from ricordo.data.lazy import LazyDataset, batches_in_order
 
 
 @torch.no_grad()
 def evaluate_logits(
     predict: Callable[[Tensor], Tensor],
-    data: ArrayDataset,
+    data: ArrayDataset | LazyDataset,
     batch_size: int,
     device: torch.device,
     model: nn.Module,
     *,
     classes: Sequence[int] | None = None,
     known_classes: Sequence[int] | None = None,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Accuracy and mean loss of ``predict`` (x -> logits) on ``data``, with the row counts.
 
@@ -32,15 +34,16 @@ def evaluate_logits(
 
     Returns ``accuracy`` (over all ``samples`` rows), ``loss`` (mean over the ``loss_samples``
     rows in it; NaN if none) and ``unseen_label_rows``; without ``classes``,
-    ``samples == loss_samples + unseen_label_rows``.
+    ``samples == loss_samples + unseen_label_rows``. A lazy ``data`` is read in order by a
+    DataLoader with ``workers`` processes, untransformed.
     """
     was_training = model.training
     model.eval()
     correct, loss_sum, loss_count, unseen = 0, 0.0, 0, 0
-    for start in range(0, len(data), batch_size):
+    for rows, labels in batches_in_order(data, batch_size, workers=workers):
         # Inputs follow the model's dtype (a bf16-true model gets bf16 inputs).
-        x = data.x[start : start + batch_size].to(device, dtype=input_dtype(model))
-        y = data.y[start : start + batch_size].to(device)
+        x = rows.to(device, dtype=input_dtype(model))
+        y = labels.to(device)
         logits = predict(x).float()
         outputs = logits.shape[1]
         known = y < outputs

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 
@@ -15,6 +15,7 @@ from torch import nn
 
 from ricordo.config import UpdateConfig
 from ricordo.data.dataset import ArrayDataset
+from ricordo.data.lazy import EpochOrder, LazyDataset, loaded, training_transform
 from ricordo.engine.backend import make_backend, resolve_threads
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loggers import open_loggers
@@ -26,6 +27,10 @@ from ricordo.methods.base import Batch, Method, UpdateContext
 DIVERGED_LOSS_FLOOR = 1e4
 DIVERGED_LOSS_FACTOR = 1e3
 REFERENCE_STEPS = 10
+
+
+# A chunk in memory, or one read sample by sample (ricordo.data.lazy).
+Chunk = ArrayDataset | LazyDataset
 
 
 @dataclass
@@ -64,8 +69,8 @@ def make_optimizer(model: nn.Module, config: UpdateConfig) -> torch.optim.Optimi
 
 
 def split_validation(
-    data: ArrayDataset, fraction: float, generator: torch.Generator
-) -> tuple[ArrayDataset, ArrayDataset | None]:
+    data: Chunk, fraction: float, generator: torch.Generator
+) -> tuple[Chunk, Chunk | None]:
     """Hold out a seeded random ``fraction`` of the chunk for validation / early stopping."""
     if fraction <= 0 or len(data) < 2:
         return data, None
@@ -96,12 +101,13 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
 def train_update(
     model: nn.Module,
     method: Method,
-    data: ArrayDataset,
+    data: Chunk,
     ctx: UpdateContext,
 ) -> TrainReport:
     """Run the configured epochs of one update; the method supplies the loss of each step."""
     config = ctx.config
-    threads = resolve_threads(config.threads, model, tuple(data.x.shape), config.batch_size)
+    shape = (len(data), *data.feature_shape)
+    threads = resolve_threads(config.threads, model, shape, config.batch_size)
     with cpu_threads(threads):
         return _train_update(model, method, data, ctx)
 
@@ -109,7 +115,7 @@ def train_update(
 def _train_update(
     model: nn.Module,
     method: Method,
-    data: ArrayDataset,
+    data: Chunk,
     ctx: UpdateContext,
 ) -> TrainReport:
     config = ctx.config
@@ -131,7 +137,7 @@ def _train_update(
     iterate = method.training_data(train_data, ctx)
     if config.mask_unseen:
         ctx.train_classes = _training_classes(method, iterate)
-    x_all, y_all = iterate.x, iterate.y
+    batches = _batch_source(iterate, ctx)
     steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
     epochs = method.epochs(iterate, ctx)
     best_accuracy, best_state, bad_epochs = -1.0, None, 0
@@ -149,12 +155,8 @@ def _train_update(
                 group["lr"] = method.learning_rate(epoch, epochs, config.lr)
             wrapped.train()
             order = torch.randperm(len(iterate), generator=ctx.generator)
-            for start in range(0, len(iterate), config.batch_size):
-                index = order[start : start + config.batch_size]
-                x, y = x_all[index].to(backend.device), y_all[index].to(backend.device)
-                batch = Batch(x, y, index)
-                # Augment the new rows for the loss only; after_step (memories) sees them raw.
-                seen = batch if config.augment is None else Batch(ctx.augment(x), y, index)
+            # The new rows are augmented for the loss only; after_step (memories) sees them raw.
+            for batch, seen in batches(order):
                 with backend.autocast():
                     loss = method.loss(seen, ctx)
                 value = float(loss.detach())
@@ -181,6 +183,7 @@ def _train_update(
                     config.batch_size * 4,
                     backend.device,
                     wrapped,
+                    workers=config.data_workers,
                 )["accuracy"]
                 report.val_accuracy.append(accuracy)
             # Reported before early stopping may end the loop: the last epoch gets its line too.
@@ -211,10 +214,61 @@ def _train_update(
         model.load_state_dict(best_state)
     ctx.model = model
     ctx.train_classes = None
+    ctx.sample_transform = None
     method.end_update(train_data, ctx)
     _reselect_memory(method, train_data, ctx)
     report.seconds = time.perf_counter() - started
     return report
+
+
+BatchSource = Callable[[torch.Tensor], Iterator[tuple[Batch, Batch]]]
+
+
+def _batch_source(data: Chunk, ctx: UpdateContext) -> BatchSource:
+    """order -> the epoch's (raw, augmented) batches: what ``method.loss`` sees is augmented,
+    what ``after_step`` (memories) sees is raw."""
+    if not isinstance(data, LazyDataset):
+        return lambda order: _array_batches(data, order, ctx)
+    config = ctx.config
+    transform = training_transform(data.transform, config.augment)
+    ctx.sample_transform = transform  # replayed rows get the same per-sample transform
+    sampler = EpochOrder(len(data), config.batch_size)
+    # One DataLoader for the update: its --data-workers processes persist across epochs. Their
+    # random numbers come from a seed of the update, not drawn from its generator (that would
+    # shift every later draw and break lazy = in-memory without a transform).
+    loader = data.loader(
+        sampler,
+        transform=transform,
+        workers=config.data_workers,
+        seed=ctx.generator.initial_seed() + 2,
+        pin_memory=ctx.device.type == "cuda",
+        persistent=True,
+    )
+
+    def epoch(order: torch.Tensor) -> Iterator[tuple[Batch, Batch]]:
+        sampler.order = order
+        for piece in loader:
+            rows = loaded(piece, "the chunk")
+            y = rows.y.to(ctx.device)
+            raw = Batch(rows.raw.to(ctx.device), y, rows.index)
+            seen = rows.seen.to(ctx.device) if rows.seen is not rows.raw else raw.x
+            yield raw, Batch(seen, y, rows.index) if seen is not raw.x else raw
+
+    return epoch
+
+
+def _array_batches(
+    data: ArrayDataset, order: torch.Tensor, ctx: UpdateContext
+) -> Iterator[tuple[Batch, Batch]]:
+    """An in-memory chunk in ``order``: ``--augment`` runs batched on the device, drawing from
+    the update's generator. Lazy chunks: the same order, read by a DataLoader (above), with
+    the dataset's transform and ``--augment`` applied per sample in its workers."""
+    batch_size, device = ctx.config.batch_size, ctx.device
+    for start in range(0, len(data), batch_size):
+        index = order[start : start + batch_size]
+        x, y = data.x[index].to(device), data.y[index].to(device)
+        batch = Batch(x, y, index)
+        yield batch, batch if ctx.config.augment is None else Batch(ctx.augment(x), y, index)
 
 
 class DivergenceGuard:

@@ -34,6 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from ricordo.config import UpdateConfig
+from ricordo.data.lazy import batches_in_order
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, Method, UpdateContext, register
 
@@ -67,6 +68,7 @@ class AGEM(Method):
     summary = "Project each gradient so the loss on a memory batch cannot increase (A-GEM)."
     memory_note = "past chunks: each chunk's rows enter after its update"
     defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500 (minibatch_size 128)"
+    supports_lazy_data = True
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
@@ -99,6 +101,6 @@ class AGEM(Method):
     def end_update(self, data: ArrayDataset, ctx: UpdateContext) -> None:
         """The chunk's rows enter the memory now, once each, in pieces (a chunk may be large)."""
         assert self.memory is not None
-        for start in range(0, len(data), INSERT_ROWS):
-            part = slice(start, start + INSERT_ROWS)
-            self.memory.add({"x": data.x[part], "y": data.y[part]})
+        # A lazy chunk is read once more, in order and untransformed.
+        for x, y in batches_in_order(data, INSERT_ROWS, workers=ctx.config.data_workers):
+            self.memory.add({"x": x, "y": y})

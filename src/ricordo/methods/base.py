@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -50,6 +51,9 @@ class UpdateContext:
     # --mask-unseen: the classes the engine lets compete while training (chunk + memory); None
     # means no mask. Set by the engine for the training steps only.
     train_classes: list[int] | None = None
+    # A lazy chunk's per-sample training transform (its own, then --augment), set by the engine
+    # while it trains on one: ``augment`` then applies it to each replayed row too.
+    sample_transform: Callable[[Tensor], Tensor] | None = None
 
     def logits(self, x: Tensor) -> Tensor:
         return self.mask_unseen(self.model(x))
@@ -76,8 +80,13 @@ class UpdateContext:
         """``x`` with the training augmentation ``config.augment`` applied (identity if none).
 
         The engine augments each new batch; methods call this on replayed rows. Evaluation and
-        prediction never augment, and memories store the un-augmented rows.
+        prediction never augment, and memories store the un-augmented rows. While the engine
+        trains on a lazy chunk, each row gets that chunk's per-sample transform instead.
         """
+        if self.sample_transform is not None:
+            if len(x) == 0:
+                return x
+            return torch.stack([self.sample_transform(row) for row in x])
         spec = getattr(self.config, "augment", None)
         if spec is None:
             return x
@@ -101,6 +110,9 @@ class Method:
     # Where the Params defaults come from (a named setting, never our own test accuracy); shown
     # by ``ricordo methods NAME`` and the README's Methods table.
     defaults_from: ClassVar[str] = ""
+    # Whether the method trains on a lazy chunk (ricordo.data.LazyDataset, --lazy): its hooks
+    # read the chunk batch by batch, never as one tensor. The Updater refuses the others.
+    supports_lazy_data: ClassVar[bool] = False
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         self.params = params

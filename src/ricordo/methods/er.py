@@ -45,6 +45,8 @@ class ExperienceReplay(Method):
     Params = ERParams
     summary = "Mix each new batch with a batch replayed from a reservoir memory."
     defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500 (replayed batch = batch size)"
+    # Its subclasses (er-ace, der, der++, cls-er, pod-er, super-er) read the chunk by batches too.
+    supports_lazy_data = True
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:

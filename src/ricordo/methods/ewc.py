@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ricordo.data.dataset import ArrayDataset
+from ricordo.data.lazy import PASS_ROWS, LazyDataset, batches_in_order
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, Method, UpdateContext, register
 from ricordo.methods.fisher import (
@@ -107,6 +108,7 @@ class EWC(Method):
         "estimate; Mammoth has no offline EWC and the paper gives no MNIST lambda"
     )
     online = False
+    supports_lazy_data = True
 
     def __init__(self, params: EWCParams, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)
@@ -132,14 +134,7 @@ class EWC(Method):
             data = data.subset(
                 torch.randperm(len(data), generator=ctx.generator)[: self.params.fisher_samples]
             )
-        new = diagonal_fisher(
-            ctx.model,
-            data.x,
-            data.y,
-            kind=self.params.fisher,
-            generator=ctx.generator,
-            batch_size=ctx.config.batch_size,
-        )
+        new = self._fisher(data, ctx)
         for name, p in unwrap(ctx.model).named_parameters():
             if name not in new:
                 continue
@@ -153,6 +148,28 @@ class EWC(Method):
                 total = old + new[name]
                 shift = old * (self.anchor.get(name, theta) - theta) / total.clamp_min(1e-30)
                 self.fisher[name], self.anchor[name] = total, theta + shift
+
+    def _fisher(self, data: ArrayDataset | LazyDataset, ctx: UpdateContext) -> dict[str, Tensor]:
+        """The chunk's diagonal Fisher; a lazy chunk is read in pieces and their means are
+        weighted by their rows (the same mean, summed in another order)."""
+
+        def fisher(x: Tensor, y: Tensor) -> dict[str, Tensor]:
+            return diagonal_fisher(
+                ctx.model,
+                x,
+                y,
+                kind=self.params.fisher,
+                generator=ctx.generator,
+                batch_size=ctx.config.batch_size,
+            )
+
+        if not isinstance(data, LazyDataset):
+            return fisher(data.x, data.y)
+        total: dict[str, Tensor] = {}
+        for x, y in batches_in_order(data, PASS_ROWS, workers=ctx.config.data_workers):
+            for name, value in fisher(x, y).items():
+                total[name] = total.get(name, 0) + value * len(y)
+        return {name: value / len(data) for name, value in total.items()}
 
     def state_tensors(self) -> dict[str, Tensor]:
         return {

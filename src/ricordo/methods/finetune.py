@@ -15,3 +15,4 @@ from ricordo.methods.base import Method, register
 class FineTune(Method):
     name = "finetune"
     summary = "Train on the new chunk only; forgets (lower bound)."
+    supports_lazy_data = True

@@ -58,6 +58,7 @@ class LwF(Method):
     Params = LwFParams
     summary = "Distil the previous model's old-class outputs on the new data (no memory)."
     defaults_from = "Mammoth's best arguments, seq-MNIST (no buffer)"
+    supports_lazy_data = True
 
     def __init__(self, params: LwFParams, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)

@@ -61,6 +61,7 @@ class SynapticIntelligence(Method):
         "Quadratic penalty weighted by each parameter's path-integral contribution to the loss."
     )
     defaults_from = "Mammoth's best arguments, seq-MNIST (no buffer)"
+    supports_lazy_data = True
 
     def __init__(self, params: SIParams, memory: TensorMemory | None) -> None:
         super().__init__(params, memory)
