@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 # Tests run in parallel workers (pytest -n 2) on 2 cores: one thread per process avoids the
 # OpenMP oversubscription that makes tiny models 10x slower. Subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -48,9 +50,42 @@ def tiny_vit_path(tmp_path_factory: pytest.TempPathFactory) -> str:
         image_size=32,
         patch_size=8,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        transformers.ViTModel(config).save_pretrained(folder)
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bar
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            transformers.ViTModel(config).save_pretrained(folder)
+    finally:
+        transformers.utils.logging.enable_progress_bar()
     processor = {"do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.3]}
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     return str(folder)
+
+
+# Short sentences of 4 topics: two topic words among filler words (a seeded generator), for
+# text backbone tests that must learn above chance in a few steps.
+_TOPIC_WORDS = (
+    ("goal", "match", "team", "coach", "league", "striker"),
+    ("stock", "market", "bank", "profit", "shares", "investor"),
+    ("rain", "storm", "sunny", "wind", "forecast", "snow"),
+    ("recipe", "oven", "flour", "soup", "bake", "garlic"),
+)
+_FILLER = ("the", "a", "today", "really", "new", "big", "about", "after", "we", "saw")
+
+
+@pytest.fixture(scope="session")
+def topic_texts() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """make(classes, n, seed) -> (texts as a numpy str array, int64 labels), classes in turn."""
+
+    def make(classes: Sequence[int], n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        texts, labels = [], []
+        for i in range(n):
+            label = int(classes[i % len(classes)])
+            words = [*rng.choice(_TOPIC_WORDS[label], 2), *rng.choice(_FILLER, 3)]
+            rng.shuffle(words)
+            texts.append(" ".join(words))
+            labels.append(label)
+        return np.array(texts, dtype=str), np.array(labels, dtype=np.int64)
+
+    return make

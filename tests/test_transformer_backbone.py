@@ -3,20 +3,27 @@ loading and fingerprints."""
 
 from __future__ import annotations
 
+import json
+import runpy
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
-from ricordo.errors import ConfigError, DataError
+from ricordo.errors import ConfigError, DataError, StateError
+from ricordo.models import features_and_logits
+from ricordo.models.backbone import BackboneClassifier
 from ricordo.models.transformer import (
     TransformerEncoder,
     backbone_fingerprint,
     load_encoder,
     tokenize,
 )
+from ricordo.updater import Updater
 
 SENTENCES = ["the cat sat on the mat", "stocks fell sharply today", "rain is expected tonight"]
 
@@ -163,3 +170,161 @@ def test_tokenize_pads_every_text_to_max_length(minilm_path: str) -> None:
     assert ids[1, -1] == 102  # truncated, still ends with [SEP]
     with pytest.raises(DataError, match="not one string"):
         tokenize("a", minilm_path)
+
+
+# --------------------------------------------------------------------- --backbone for every method
+
+
+def _text_updater(minilm_path: str, method: str = "er", **options: object) -> Updater:
+    settings: dict[str, object] = dict(
+        method=method,
+        backbone=minilm_path,
+        max_length=16,
+        epochs=3,
+        lr=0.1,
+        batch_size=16,
+        memory_size=40,
+        progress=False,
+        threads=1,
+    )
+    settings.update(options)
+    return Updater(**settings)
+
+
+def test_er_update_trains_the_head_only(minilm_path: str, topic_texts) -> None:
+    updater = _text_updater(minilm_path)
+    texts, labels = topic_texts([0, 1], 32, 0)
+    updater.initialize(texts, labels)
+    model = updater.model
+    assert isinstance(model, BackboneClassifier)
+    backbone = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head = {k: v.clone() for k, v in model.head.state_dict().items()}
+    updater.update(texts, labels)
+    after = updater.model.encoder.state_dict()
+    assert all(torch.equal(backbone[k], after[k]) for k in backbone)  # bit-identical
+    assert not torch.equal(head["weight"], updater.model.head.weight)
+    # The CLS feature is what feature methods (iCaRL, herding) see.
+    ids = tokenize(list(texts[:4]), minilm_path, 16)
+    features, logits = features_and_logits(updater.model, ids)
+    assert torch.equal(features, updater.model.encoder(ids))
+    assert logits.shape == (4, 2)
+
+
+def test_text_memory_keeps_int64_token_ids(minilm_path: str, topic_texts) -> None:
+    updater = _text_updater(minilm_path, epochs=1)
+    updater.update(*topic_texts([0, 1], 16, 0))
+    shape, dtype = updater.memory.field_spec("x")
+    assert shape == (16,) and dtype == torch.int64
+    stored = updater.memory.get()["x"]
+    assert stored.dtype == torch.int64 and int(stored[:, 0].unique()) == 101  # [CLS]
+
+
+def test_finetune_on_minilm_learns_a_text_task(minilm_path: str, topic_texts) -> None:
+    updater = _text_updater(minilm_path, method="finetune")
+    updater.update(*topic_texts([0, 1, 2, 3], 48, 0))
+    result = updater.evaluate(*topic_texts([0, 1, 2, 3], 40, 1))
+    assert result["accuracy"] > 0.6  # chance: 0.25
+
+
+def test_state_round_trip_leaves_out_the_backbone(
+    minilm_path: str, topic_texts, tmp_path: Path
+) -> None:
+    updater = _text_updater(minilm_path, epochs=1)
+    updater.update(*topic_texts([0, 1], 16, 0))
+    texts, _ = topic_texts([0, 1], 8, 5)
+    updater.save(str(tmp_path / "s0"))
+    weights = tmp_path / "s0" / "model.safetensors"
+    assert weights.stat().st_size < 1_000_000  # MiniLM itself is 90 MB
+    assert sorted(load_file(str(weights))) == ["head.bias", "head.weight"]
+    spec = json.loads((tmp_path / "s0" / "manifest.json").read_text())["meta"]["model_spec"]
+    assert spec["backbone"] == minilm_path
+    assert spec["backbone_fingerprint"] == backbone_fingerprint(minilm_path)
+    loaded = Updater.load(str(tmp_path / "s0"))
+    assert torch.equal(loaded.predict_logits(texts), updater.predict_logits(texts))
+    # The lineage goes on identically from the reloaded state.
+    chunk = topic_texts([2, 3], 16, 2)
+    updater.update(*chunk)
+    loaded.update(*chunk)
+    assert torch.equal(loaded.predict_logits(texts), updater.predict_logits(texts))
+
+
+def test_a_different_backbone_is_refused_unless_accepted(
+    minilm_path: str, topic_texts, tmp_path: Path
+) -> None:
+    updater = _text_updater(minilm_path, epochs=1)
+    updater.update(*topic_texts([0, 1], 16, 0))
+    updater.save(str(tmp_path / "s0"))
+    # Same weights (linked), another config.json: another fingerprint.
+    other = tmp_path / "other"
+    other.mkdir()
+    for item in Path(minilm_path).iterdir():
+        if item.name != "config.json":
+            (other / item.name).symlink_to(item)
+    config = json.loads((Path(minilm_path) / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "note": "changed"}))
+    with pytest.raises(StateError, match=r"has sha256 [0-9a-f]{12} but the state at .* was "):
+        Updater.load(str(tmp_path / "s0"), backbone=str(other))
+    accepted = Updater.load(str(tmp_path / "s0"), backbone=str(other), accept_model_change=True)
+    assert accepted.config.backbone == str(other)
+    assert accepted.model_spec["backbone_fingerprint"] == backbone_fingerprint(str(other))
+    texts, _ = topic_texts([0, 1], 8, 5)
+    assert torch.equal(accepted.predict_logits(texts), updater.predict_logits(texts))
+
+
+def test_a_missing_recorded_backbone_names_the_fix(
+    minilm_path: str, topic_texts, tmp_path: Path
+) -> None:
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    for item in Path(minilm_path).iterdir():
+        (folder / item.name).symlink_to(item)
+    updater = _text_updater(str(folder), epochs=1)
+    updater.update(*topic_texts([0, 1], 16, 0))
+    updater.save(str(tmp_path / "s0"))
+    shutil.rmtree(folder)
+    with pytest.raises(ConfigError, match=r"needs its backbone .* pass where it is: .*--backbone"):
+        Updater.load(str(tmp_path / "s0"))
+    moved = Updater.load(str(tmp_path / "s0"), backbone=minilm_path)  # same files elsewhere
+    assert moved.config.backbone == minilm_path
+
+
+def test_text_needs_a_backbone_and_takes_no_augmentation(
+    minilm_path: str, topic_texts, tmp_path: Path
+) -> None:
+    texts, labels = topic_texts([0, 1], 8, 0)
+    np.savez(tmp_path / "chunk.npz", text=texts, y=labels)
+    with pytest.raises(DataError, match=r"is text .* pass --backbone NAME_OR_PATH"):
+        Updater(progress=False).update(str(tmp_path / "chunk.npz"))
+    with pytest.raises(ConfigError, match=r"--augment 'flip' .* int64 token ids \(text\)"):
+        _text_updater(minilm_path, augment="flip").update(texts, labels)
+    with pytest.raises(ConfigError, match="--backbone and --config"):
+        Updater(backbone=minilm_path, config="my_models:make_model")
+
+
+def test_a_vision_backbone_learns_under_its_head(tiny_vit_path: str, tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    # Class 0 dark, class 1 bright images, at 16x16: resized to the ViT's 32x32.
+    images = torch.rand(40, 3, 16, 16, generator=generator) * 0.5 + labels.view(-1, 1, 1, 1) * 0.5
+    updater = Updater(
+        method="er", backbone=tiny_vit_path, epochs=5, lr=0.1, progress=False, threads=1
+    )
+    updater.update(images, labels)
+    assert updater.evaluate(images, labels)["accuracy"] > 0.9
+    updater.save(str(tmp_path / "s0"))
+    loaded = Updater.load(str(tmp_path / "s0"))
+    assert torch.equal(loaded.predict_logits(images), updater.predict_logits(images))
+    assert loaded.model_spec["input_shape"] == [3, 16, 16]
+
+
+def test_text_backbone_example_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "text_backbone.py"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", [str(path)])
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    accuracy = float(out.split("accuracy on all four topics:")[1].split()[0])
+    assert accuracy > 0.6  # chance: 0.25
+    assert (tmp_path / "text-state" / "v1" / "model.safetensors").stat().st_size < 1_000_000

@@ -241,6 +241,33 @@ Lazy = Annotated[
         ".npz (uncompressed) or --dataset image-folder/hf; for data larger than RAM."
     ),
 ]
+Backbone = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME_OR_PATH",
+        help="Pretrained Hugging Face encoder (hub name or local folder; BERT-like text or ViT) "
+        "whose CLS feature feeds the linear head, frozen; needed for text chunks (.npz with "
+        "'text'). With --state: where that backbone is (its sha256 must match).",
+    ),
+]
+StateBackbone = Annotated[
+    str | None,
+    typer.Option(
+        metavar="NAME_OR_PATH",
+        help="Where the state's pretrained backbone is, if not at the recorded name or folder "
+        "(its sha256 must match, or add --accept-model-change).",
+    ),
+]
+MaxLength = Annotated[
+    int | None, typer.Option(help="Tokens per text with a text --backbone (default 128).")
+]
+TrainBackbone = Annotated[
+    bool | None,
+    typer.Option(
+        "--train-backbone/--frozen-backbone",
+        help="Train the --backbone's weights too (then saved in the state); default: frozen.",
+    ),
+]
 DataDir = Annotated[
     str | None, typer.Option(help="Folder with dataset files ($RICORDO_DATA by default).")
 ]
@@ -328,11 +355,14 @@ def _persistent(url: str, flag: str) -> None:
         )
 
 
-def _model_code(config: Path | str | None, accept_model_change: bool) -> str | None:
+def _model_code(
+    config: Path | str | None, accept_model_change: bool, backbone: str | None = None
+) -> str | None:
     """The --config given to a command that loads a state (None: none given)."""
-    if accept_model_change and config is None:
+    if accept_model_change and config is None and backbone is None:
         raise ConfigError(
-            "--accept-model-change needs --config: the model code to use instead of the state's"
+            "--accept-model-change needs --config or --backbone: the model code or backbone "
+            "to use instead of the state's"
         )
     return None if config is None else str(config)
 
@@ -487,6 +517,9 @@ def update(
     dataset_option: DatasetOption = None,
     lazy: Lazy = False,
     data_workers: DataWorkers = None,
+    backbone: Backbone = None,
+    max_length: MaxLength = None,
+    train_backbone: TrainBackbone = None,
 ) -> None:
     """Update a model on one chunk and write the next state (one job per chunk)."""
     from ricordo.config import UpdateConfig
@@ -525,15 +558,20 @@ def update(
 
             options_ = _pairs(dataset_option, "--dataset-option")
             return open_chunk(data, dataset, options_, lazy=lazy)
-        return load_data(data, target=target, name=data, columns=columns)
+        return load_data(
+            data, target=target, name=data, columns=columns, tokenize=updater.tokenizer
+        )
 
     if state is None:
         updater = Updater(UpdateConfig(**options))
         record = updater.update(chunk_of(None))
     else:
         # --config names the code the state was trained with (checked by hash), not a change.
-        code = _model_code(options.pop("config", None), accept_model_change)
-        updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
+        where = options.pop("backbone", None)  # the state's backbone, checked by hash
+        code = _model_code(options.pop("config", None), accept_model_change, where)
+        updater = Updater.load(
+            state, model=code, backbone=where, accept_model_change=accept_model_change
+        )
         # A state trained on a table reads the chunk's columns by name (others are ignored).
         record = updater.update(chunk_of(updater.feature_names), **options)
     updater.save(next_state, overwrite=overwrite)
@@ -554,6 +592,7 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
     config: StateModelCode = None,
     accept_model_change: AcceptModelChange = False,
+    backbone: StateBackbone = None,
 ) -> None:
     """Print accuracy and loss of a state on labelled data."""
     from ricordo.data import load_data
@@ -562,9 +601,17 @@ def evaluate(
     _persistent(state, "--state")
     if output is not None:
         _check_output(output, data=data, overwrite=overwrite)
-    code = _model_code(config, accept_model_change)
-    updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
-    chunk = load_data(data, target=target, name=data, columns=updater.feature_names)
+    code = _model_code(config, accept_model_change, backbone)
+    updater = Updater.load(
+        state, model=code, backbone=backbone, accept_model_change=accept_model_change
+    )
+    chunk = load_data(
+        data,
+        target=target,
+        name=data,
+        columns=updater.feature_names,
+        tokenize=updater.tokenizer,
+    )
     result = {"state": state, "data": data, **updater.evaluate(chunk)}
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -595,6 +642,7 @@ def predict(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
     config: StateModelCode = None,
     accept_model_change: AcceptModelChange = False,
+    backbone: StateBackbone = None,
 ) -> None:
     """Write predicted class ids (or probabilities) for new inputs as .npy."""
     import numpy as np
@@ -604,9 +652,17 @@ def predict(
 
     _persistent(state, "--state")
     _check_output(output, data=data, overwrite=overwrite)
-    code = _model_code(config, accept_model_change)
-    updater = Updater.load(state, model=code, accept_model_change=accept_model_change)
-    inputs = load_features(data, target=target, name=data, columns=updater.feature_names)
+    code = _model_code(config, accept_model_change, backbone)
+    updater = Updater.load(
+        state, model=code, backbone=backbone, accept_model_change=accept_model_change
+    )
+    inputs = load_features(
+        data,
+        target=target,
+        name=data,
+        columns=updater.feature_names,
+        tokenize=updater.tokenizer,
+    )
     result = updater.predict_proba(inputs) if probabilities else updater.predict(inputs)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "wb") as handle:  # np.save(path) would append ".npy" to other names
@@ -659,6 +715,10 @@ def info(
 def _model_label(spec: dict[str, Any]) -> str:
     """The model line of ``ricordo info``: a built-in name, or the user code the state needs."""
     kind = spec.get("kind")
+    if kind == "backbone":
+        sha = spec.get("backbone_fingerprint")
+        short = sha[:12] if isinstance(sha, str) else "unknown"
+        return f"backbone {spec.get('backbone')} (sha256 {short}) + linear head"
     if kind not in ("code", "config"):
         return str(spec.get("name"))
     if kind == "config":  # older states: an absolute path, shown by its name only
@@ -835,6 +895,9 @@ def benchmark(
     dataset_option: DatasetOption = None,
     progress: ShowProgress = None,
     logger: LoggerOption = None,
+    backbone: Backbone = None,
+    max_length: MaxLength = None,
+    train_backbone: TrainBackbone = None,
 ) -> None:
     """Run a whole scenario for every method and seed; report the accuracy matrix and CL metrics.
 

@@ -32,6 +32,9 @@ LINEAGE_FIELDS = (
     "memory_storage",
     "max_classes",
     "num_classes",
+    "backbone",
+    "max_length",
+    "train_backbone",
 )
 
 
@@ -54,6 +57,13 @@ class UpdateConfig:
     # the first update on, never grown; a label >= N is refused. None: the head grows with the
     # labels seen (open-ended streams).
     num_classes: int | None = None
+    # A pretrained Hugging Face encoder (hub name or local folder; models.backbone) whose CLS
+    # feature feeds the growing linear head; model and hidden are then unused. Text chunks are
+    # tokenized to max_length tokens with its tokenizer. train_backbone: train the encoder's
+    # weights too (they are saved in the state then); by default it is frozen and not saved.
+    backbone: str | None = None
+    max_length: int = 128
+    train_backbone: bool = False
     # How it is trained (may change from one update to the next).
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -108,6 +118,30 @@ class UpdateConfig:
                 "pass your own nn.Module or function when creating the Updater: "
                 "Updater(model=...)"
             )
+        _check(
+            self.backbone is None or (isinstance(self.backbone, str) and bool(self.backbone)),
+            "backbone",
+            self.backbone,
+            "a Hugging Face hub name or a local folder written by save_pretrained",
+        )
+        _check(
+            self.backbone is None or self.config is None,
+            "backbone",
+            self.backbone,
+            "no model code as well: --backbone and --config (model=) both pick the model",
+        )
+        _check(
+            _is_int(self.max_length) and 2 <= self.max_length <= 65536,
+            "max_length",
+            self.max_length,
+            "an integer in [2, 65536]: tokens per text, [CLS] and [SEP] included",
+        )
+        _check(
+            isinstance(self.train_backbone, bool) and (self.backbone or not self.train_backbone),
+            "train_backbone",
+            self.train_backbone,
+            "true only with a --backbone",
+        )
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
         _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")

@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,6 +41,13 @@ from ricordo.models import (
     make_spec,
     num_outputs,
     resolve_code,
+)
+from ricordo.models.backbone import (
+    bind_backbone,
+    is_backbone_spec,
+    load_saved_weights,
+    saved_weights,
+    text_tokenizer,
 )
 from ricordo.models.code import ModelSource, resolve_model_argument
 from ricordo.models.spec import code_reference, recorded_code
@@ -139,6 +146,12 @@ class Updater:
         return self.method.memory
 
     @property
+    def tokenizer(self) -> Callable[[list[str]], Tensor] | None:
+        """texts -> token ids (N, max_length) int64 with the backbone's tokenizer (None without
+        a backbone): how text chunks become the model's inputs (``load_data(tokenize=...)``)."""
+        return text_tokenizer(self.config.backbone, self.config.max_length)
+
+    @property
     def feature_names(self) -> list[str] | None:
         """The feature columns of the table the model was first trained on (None: the data
         had no column names). Later tables are read by these names, in this order."""
@@ -173,6 +186,8 @@ class Updater:
             hidden=self.config.hidden,
             config=code,
             options=self.config.model_options,
+            backbone=self.config.backbone,
+            train_backbone=self.config.train_backbone,
         )
         model = build_model(self.model_spec, generator_seed=self.config.seed, code=code)
         if fixed is not None and num_outputs(model) != fixed:
@@ -250,7 +265,7 @@ class Updater:
         )
         if plain and y is None and self._lazy_supported():
             return LazyDataset(data)
-        return load_data(data, y, columns=self.feature_names)
+        return load_data(data, y, columns=self.feature_names, tokenize=self.tokenizer)
 
     def _lazy_supported(self) -> bool:
         memory = self.method.memory
@@ -275,6 +290,12 @@ class Updater:
             )
 
     def _check_chunk(self, chunk: ArrayDataset | LazyDataset) -> None:
+        x = getattr(chunk, "x", None)
+        if self.config.augment is not None and x is not None and not x.is_floating_point():
+            raise ConfigError(
+                f"--augment {self.config.augment!r} transforms images, but the chunk holds "
+                f"{str(x.dtype).removeprefix('torch.')} token ids (text); drop --augment"
+            )
         top = max(chunk.classes())
         fixed = self.config.num_classes
         if fixed is not None and top >= fixed:
@@ -361,7 +382,9 @@ class Updater:
     def _inference_inputs(self, x: Any) -> Tensor:
         self._require_model()
         assert self.model_spec is not None
-        tensor = load_features(x, name="inputs", columns=self.feature_names)
+        tensor = load_features(
+            x, name="inputs", columns=self.feature_names, tokenize=self.tokenizer
+        )
         expected = tuple(self.model_spec["input_shape"])
         if tuple(tensor.shape[1:]) != expected:
             raise DataError(
@@ -380,7 +403,8 @@ class Updater:
         ctx = self._inference_context(model)
         was_training = model.training
         model.eval()
-        inputs = inputs.to(input_dtype(model))
+        if inputs.is_floating_point():  # token ids (text backbones) stay integers
+            inputs = inputs.to(input_dtype(model))
         outputs = [
             self.method.predict(inputs[i : i + batch_size], ctx).float()
             for i in range(0, len(inputs), batch_size)
@@ -419,7 +443,7 @@ class Updater:
             chunk: ArrayDataset | LazyDataset = data.validate(name="the evaluation data")
             self._inference_inputs(data.load(torch.tensor([0])).x)
         else:
-            chunk = load_data(data, y, columns=self.feature_names)
+            chunk = load_data(data, y, columns=self.feature_names, tokenize=self.tokenizer)
             chunk = chunk.validate(name="the evaluation data")
             self._inference_inputs(chunk.x[:1])
         ctx = self._inference_context(model)
@@ -467,7 +491,8 @@ class Updater:
                 "(CLI: a --next-state other than --state)"
             )
         files: dict[str, bytes] = {
-            MODEL_FILE: save_tensors(_contiguous(model.state_dict())),
+            # A frozen backbone is not saved: the spec names it and its fingerprint.
+            MODEL_FILE: save_tensors(_contiguous(saved_weights(model, model.state_dict()))),
             METHOD_TENSORS: save_tensors(_contiguous(self.method.state_tensors())),
             METHOD_JSON: _json_bytes(self.method.state_json()),
             HISTORY_FILE: _json_bytes(self.history),
@@ -511,6 +536,7 @@ class Updater:
         url: str,
         *,
         model: ModelSource | None = None,
+        backbone: str | None = None,
         accept_model_change: bool = False,
     ) -> Updater:
         """Read a state written by :meth:`save`, verifying every checksum.
@@ -520,6 +546,10 @@ class Updater:
         ``nn.Module`` (the state's weights are loaded into it). Its sha256 (of the source file)
         must equal the one the state recorded; ``accept_model_change=True`` takes different code
         anyway (logged), and the next saved state records it.
+
+        A state of a pretrained ``backbone`` re-reads it from the recorded hub name or folder, or
+        from ``backbone`` (e.g. where it lies on this machine); its files' sha256 must be the
+        recorded one (``accept_model_change=True`` takes another, logged and recorded).
         """
         code = None if model is None else resolve_code(model)
         for attempt in range(1, LOAD_ATTEMPTS + 1):
@@ -527,7 +557,7 @@ class Updater:
             # an mmap memory maps its .npy files instead of reading them whole.
             state = read_state(url, lazy_prefixes=("memory/",))
             try:
-                updater = cls._from_state(state, code, accept_model_change)
+                updater = cls._from_state(state, code, accept_model_change, backbone)
             except (StateCorruptError, OSError):
                 # The memory's files are read only now: if a writer replaced the state since,
                 # they belong to another state; start over rather than report corruption.
@@ -540,14 +570,32 @@ class Updater:
 
     @classmethod
     def _from_state(
-        cls, state: LoadedState, code: ModelCode | None, accept_model_change: bool
+        cls,
+        state: LoadedState,
+        code: ModelCode | None,
+        accept_model_change: bool,
+        backbone: str | None = None,
     ) -> Updater:
         url, meta = state.url, state.meta
         spec = meta.get("model_spec")
         if not isinstance(spec, dict):
             raise _unreadable(url, "its manifest has no model spec")
         # Before anything is built: the user's code must be the code the state was trained with.
-        spec = bind_code(spec, code, accept_change=accept_model_change, url=url)
+        if is_backbone_spec(spec):
+            if code is not None:
+                raise ConfigError(
+                    f"the state at {url} is the backbone {spec.get('backbone')!r} under a "
+                    "linear head and needs no model code; drop model= (CLI: --config)"
+                )
+            # Loaded from the recorded reference or the one passed; same fingerprint needed.
+            spec = bind_backbone(spec, backbone, accept_change=accept_model_change, url=url)
+        else:
+            if backbone is not None:
+                raise ConfigError(
+                    f"the state at {url} has no pretrained backbone; drop backbone= "
+                    "(CLI: --backbone)"
+                )
+            spec = bind_code(spec, code, accept_change=accept_model_change, url=url)
         from ricordo.plugins import check_installed
 
         check_installed(meta.get("plugins"), url)  # a missing plugin: name the package
@@ -558,6 +606,8 @@ class Updater:
             config = config.replace(config=None if recorded is None else code_reference(recorded))
             # Loggers are per job: a state never makes a later job write logs it did not ask for.
             config = config.replace(logger=())
+            if is_backbone_spec(spec):  # where the backbone is read from on this machine
+                config = config.replace(backbone=spec["backbone"])
             updater = cls(config)
             updater.model_spec = spec
             updater.seen_classes = [int(c) for c in meta["seen_classes"]]
@@ -635,7 +685,7 @@ def _load_weights(
     model: nn.Module, weights: dict[str, Tensor], code: ModelCode | None, url: str
 ) -> None:
     try:
-        model.load_state_dict(weights)
+        load_saved_weights(model, weights)  # a frozen backbone's weights are not in a state
     except RuntimeError as error:
         if code is None:
             raise

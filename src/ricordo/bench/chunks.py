@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ricordo.data.dataset import ArrayDataset
-from ricordo.data.loaders import load_data
+from ricordo.data.loaders import Tokenize, load_data
 from ricordo.data.scenarios import Scenario
 from ricordo.errors import DataError
 
@@ -26,12 +26,17 @@ _CHUNK = re.compile(r"^(train|test)-(\d+)\.npz$")
 
 
 def load_chunks(
-    directory: str | Path, *, validation: float | None = None, seed: int = 0
+    directory: str | Path,
+    *,
+    validation: float | None = None,
+    seed: int = 0,
+    tokenize: Tokenize | None = None,
 ) -> Scenario:
     """The Scenario stored in ``directory`` (see the module docstring for the layout).
 
     ``validation``: evaluate on that fraction of each training chunk, held out with ``seed``,
-    instead of the test chunks, which are then not read at all.
+    instead of the test chunks, which are then not read at all. ``tokenize``: the backbone's
+    tokenizer, for text chunks (a string array ``text`` in place of ``x``).
     """
     root = Path(directory)
     if not root.is_dir():
@@ -57,7 +62,7 @@ def load_chunks(
                 f"--chunks {str(root)!r} has {count} train chunks but {test_count} test chunks; "
                 "every train-K.npz needs a test-K.npz"
             )
-    train = [_load(root / f"train-{k}.npz") for k in range(count)]
+    train = [_load(root / f"train-{k}.npz", tokenize) for k in range(count)]
     meta = _read_meta(root)
     chunk_classes = meta.get("chunk_classes")
     if chunk_classes is None:
@@ -71,7 +76,7 @@ def load_chunks(
     info["chunks"] = str(root.resolve())
     chunk_classes = [[int(c) for c in classes] for classes in chunk_classes]
     if validation is None:
-        test = [_load(root / f"test-{k}.npz") for k in range(count)]
+        test = [_load(root / f"test-{k}.npz", tokenize) for k in range(count)]
     else:
         from ricordo.bench.validation import evaluation_info, split_chunks
 
@@ -98,8 +103,8 @@ def _contiguous(indices: set[int], root: Path, kind: str) -> int:
     return count
 
 
-def _load(path: Path) -> ArrayDataset:
-    return load_data(path, name=str(path)).validate(name=str(path))
+def _load(path: Path, tokenize: Tokenize | None = None) -> ArrayDataset:
+    return load_data(path, name=str(path), tokenize=tokenize).validate(name=str(path))
 
 
 def _read_meta(root: Path) -> dict[str, Any]:

@@ -154,17 +154,21 @@ class ScenarioSpec:
                 f"valid options: {', '.join(sorted(valid)) or '(none)'}"
             )
 
-    def build(self, run_seed: int) -> Any:
+    def build(self, run_seed: int, tokenize: Any = None) -> Any:
         """Load the data and cut it into the Scenario a run with ``run_seed`` trains on.
 
         With ``validation`` the test chunks are replaced by rows held out from the training
         chunks (split from the scenario seed), so a run never evaluates on a test set.
+        ``tokenize``: the runs' backbone tokenizer, for chunk folders of text.
         """
         if self.chunks is not None:
             from ricordo.bench.chunks import load_chunks
 
             return load_chunks(
-                self.chunks, validation=self.validation, seed=self.seed_for(run_seed)
+                self.chunks,
+                validation=self.validation,
+                seed=self.seed_for(run_seed),
+                tokenize=tokenize,
             )
         from ricordo.data import load_builtin, make_scenario
 

@@ -107,7 +107,9 @@ def run_sweep(
         raise ConfigError(f"head {head!r} is invalid; expected one of {HEADS}")
     if ray_address is None or ray_address == "local":
         _SCENARIO_CACHE.clear()
-        first = _SCENARIO_CACHE[_cache_key(spec.to_dict(), spec, seeds[0])] = spec.build(seeds[0])
+        one = next(iter(named.values()))
+        first = spec.build(seeds[0], _tokenizer(one))
+        _SCENARIO_CACHE[_cache_key(spec.to_dict(), spec, seeds[0], one)] = first
         for config in named.values():  # a head that cannot fit fails before any run
             head_config(config, head, first)
     experiment = Experiment.from_configs(
@@ -221,10 +223,10 @@ def execute_run(task: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
             torch.set_num_threads(int(task["threads"]))
         spec = ScenarioSpec.from_dict(task["spec"])
         config = UpdateConfig.from_dict(task["config"])
-        key = _cache_key(task["spec"], spec, task["seed"])
+        key = _cache_key(task["spec"], spec, task["seed"], config)
         if key not in _SCENARIO_CACHE:  # the methods of one seed share it within a worker
             _SCENARIO_CACHE.clear()
-            _SCENARIO_CACHE[key] = spec.build(task["seed"])
+            _SCENARIO_CACHE[key] = spec.build(task["seed"], _tokenizer(config))
         results = run_benchmark(_SCENARIO_CACHE[key], config, head=task.get("head", "fixed"))
     except Exception as error:
         if not isolate:
@@ -247,8 +249,19 @@ def execute_run(task: dict[str, Any], isolate: bool = True) -> dict[str, Any]:
     }
 
 
-def _cache_key(described: dict[str, Any], spec: ScenarioSpec, seed: int) -> str:
-    return json.dumps([described, spec.seed_for(seed)], sort_keys=True)
+def _cache_key(
+    described: dict[str, Any], spec: ScenarioSpec, seed: int, config: UpdateConfig
+) -> str:
+    # Text chunks are tokenized by the run's backbone: runs on other backbones rebuild them.
+    text = [config.backbone, config.max_length] if config.backbone else None
+    return json.dumps([described, spec.seed_for(seed), text], sort_keys=True)
+
+
+def _tokenizer(config: UpdateConfig) -> Any:
+    """The backbone tokenizer that turns a chunk folder's texts into a run's inputs."""
+    from ricordo.models.backbone import text_tokenizer
+
+    return text_tokenizer(config.backbone, config.max_length)
 
 
 def _init_worker(threads: int) -> None:

@@ -12,7 +12,7 @@ import io
 import math
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from ricordo.errors import DataError
 SUPPORTED_SUFFIXES = (".npz", ".csv", ".parquet")
 _INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _LABEL_FIX = "map them to integer class ids 0..K-1 first"
+# texts -> token ids (N, L) int64: the backbone's tokenizer (ricordo.models.backbone).
+Tokenize = Callable[[list[str]], torch.Tensor]
 
 
 def load_data(
@@ -35,6 +37,7 @@ def load_data(
     name: str | None = None,
     group_column: str | None = None,
     columns: Sequence[str] | None = None,
+    tokenize: Tokenize | None = None,
 ) -> ArrayDataset:
     """Load ``source`` as an ``ArrayDataset`` so every layer above sees one format.
 
@@ -50,6 +53,10 @@ def load_data(
     A table's feature columns are recorded (``feature_names``). ``columns`` names the feature
     columns to take, in that order (those of the table a model was trained on): missing ones
     are refused and other columns ignored. Data without column names ignores ``columns``.
+
+    Text: a ``.npz`` with a string array ``text`` in place of ``x``, a mapping with ``"text"``,
+    or a list/array of strings with labels ``y``. ``tokenize`` (the backbone's tokenizer) turns
+    it into int64 token ids (N, L) kept as such; without one text is refused.
     """
     if isinstance(source, (str, Path)):
         return _load_file(
@@ -59,6 +66,7 @@ def load_data(
             name=name,
             group_column=group_column,
             columns=columns,
+            tokenize=tokenize,
         )
     label = name or "data"
     for option, value in (("target", target), ("group_column", group_column)):
@@ -67,6 +75,10 @@ def load_data(
                 f"{option}={value!r} names a column and applies only to CSV/Parquet files; "
                 f"{label} is a {type(source).__name__}, drop {option}="
             )
+    if _is_text(source):
+        if y is None:
+            raise DataError(f"{label} is a list of texts without labels; pass the labels too")
+        return _from_text(source, y, label, tokenize)
     if isinstance(source, ArrayDataset):
         _no_y(y, label, "an ArrayDataset")
         return source if columns is None else source.select_features(columns, name=label)
@@ -88,6 +100,8 @@ def load_data(
     if isinstance(source, Mapping):
         _no_y(y, label, "a mapping")
         keys = [str(k) for k in source]
+        if "text" in source and "x" not in source and "y" in source:
+            return _from_text(source["text"], source["y"], label, tokenize, source.get("group"))
         if "x" not in source or "y" not in source:
             raise DataError(
                 f"{label} needs keys 'x' and 'y'; found keys: {', '.join(keys) or '(none)'}"
@@ -124,6 +138,7 @@ def _load_file(
     name: str | None,
     group_column: str | None = None,
     columns: Sequence[str] | None = None,
+    tokenize: Tokenize | None = None,
 ) -> ArrayDataset:
     label = name or path.name
     prefix = "" if label in (str(path), path.name) else f"{label}: "
@@ -146,12 +161,12 @@ def _load_file(
                     f"{option}={value!r} applies only to CSV/Parquet; {label} is .npz with "
                     f"arrays 'x', 'y' (and optionally 'group'), drop {option}="
                 )
-        return _load_npz(path, label)
+        return _load_npz(path, label, tokenize)
     table = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
     return _from_columns(table, target, label, group_column, columns)
 
 
-def _load_npz(path: Path, label: str) -> ArrayDataset:
+def _load_npz(path: Path, label: str, tokenize: Tokenize | None = None) -> ArrayDataset:
     with path.open("rb") as f:
         magic = f.read(4)
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load would try to unpickle anything else
@@ -160,6 +175,10 @@ def _load_npz(path: Path, label: str) -> ArrayDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = list(npz.files)
+            if "text" in keys and "x" not in keys and "y" in keys:
+                text, y = npz["text"], npz["y"]
+                group = npz["group"] if "group" in keys else None
+                return _from_text(text, y, label, tokenize, group)
             if "x" not in keys or "y" not in keys:
                 raise DataError(
                     f"{label} needs arrays 'x' and 'y'; found: {', '.join(keys) or '(none)'}; "
@@ -173,7 +192,7 @@ def _load_npz(path: Path, label: str) -> ArrayDataset:
         if "pickle" in str(e).lower():
             raise DataError(
                 f"{label} holds pickled object arrays, which Ricordo never loads; "
-                "save plain numeric arrays x and y"
+                "save plain numeric arrays x and y (texts: text=np.array(texts, dtype=str))"
             ) from None
         raise DataError(
             f"{label} is not a readable .npz file ({e}); re-save it with np.savez"
@@ -451,6 +470,49 @@ def _from_columns(
 # ---------------------------------------------------------------------------------- arrays
 
 
+def _is_text(value: Any) -> bool:
+    """A list/tuple of strings or a numpy string array (not an (x, y) pair of arrays)."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "US"
+    return (
+        isinstance(value, (list, tuple))
+        and len(value) > 0
+        and all(isinstance(v, str) for v in value)
+    )
+
+
+def _from_text(
+    texts: Any, y: Any, label: str, tokenize: Tokenize | None, group: Any = None
+) -> ArrayDataset:
+    """Texts and labels as token ids (N, L) int64, tokenized by the backbone's tokenizer."""
+    if tokenize is None:
+        raise DataError(
+            f"{label} is text (strings, not numbers), which needs a tokenizer: pass "
+            "--backbone NAME_OR_PATH, a BERT-like text encoder (Python: backbone=...)"
+        )
+    arr = _as_numpy(texts, f"the texts of {label}")
+    if arr.dtype.kind not in "US" or arr.ndim != 1:
+        raise DataError(
+            f"the texts of {label} have dtype {arr.dtype} and shape {arr.shape}; pass one "
+            "string per sample (np.array(texts, dtype=str))"
+        )
+    strings = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr.tolist()]
+    yt = _labels(y, label, label)
+    if len(strings) != yt.shape[0]:
+        raise DataError(
+            f"{label} has {len(strings)} texts but {yt.shape[0]} labels; pass exactly one label "
+            "per text"
+        )
+    ids = tokenize(strings).to(torch.int64)
+    gt = None if group is None else _group(group, f"the group of {label}", len(yt))
+    return ArrayDataset(ids, yt, gt)
+
+
+def _text_features(texts: Any, label: str, tokenize: Tokenize | None) -> torch.Tensor:
+    """Token ids of unlabelled texts (prediction)."""
+    return _from_text(texts, np.zeros(len(texts), dtype=np.int64), label, tokenize).x
+
+
 def _from_arrays(x: Any, y: Any, label: str, group: Any = None) -> ArrayDataset:
     xt = _features(x, label)
     yt = _labels(y, label, label)
@@ -642,19 +704,23 @@ def load_features(
     target: str | None = None,
     name: str | None = None,
     columns: Sequence[str] | None = None,
+    tokenize: Tokenize | None = None,
 ) -> torch.Tensor:
     """Features for prediction, where labels are optional: ``.npy``, ``.npz`` (``x``), CSV or
     Parquet (every column except ``target`` when it is present), arrays, tensors or any input
-    :func:`load_data` accepts.
+    :func:`load_data` accepts. Texts (a list or array of strings, a ``.npy`` of strings, a
+    ``.npz`` with ``text``) become token ids with ``tokenize``.
 
     ``columns``: the feature columns a model was trained on (``ArrayDataset.feature_names``);
     a table then gives exactly these columns, chosen by name and in this order (missing ones are
     refused, others ignored). Inputs without column names are taken by position.
     """
     if not isinstance(source, (str, Path)):
+        if _is_text(source):
+            return _text_features(source, name or "inputs", tokenize)
         if isinstance(source, (np.ndarray, torch.Tensor, list)):
             return _features(source, name or "inputs")
-        data = load_data(source, name=name)
+        data = load_data(source, name=name, tokenize=tokenize)
         if columns is not None:
             data = data.select_features(columns, name=name or "inputs")
         return data.x
@@ -662,7 +728,7 @@ def load_features(
     label = name or path.name
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz", ".csv", ".parquet") or not path.is_file():
-        return load_data(path, target=target, name=name).x
+        return load_data(path, target=target, name=name, tokenize=tokenize).x
     if suffix == ".npy":
         _check_npy_size(path, label)
         try:
@@ -673,6 +739,8 @@ def load_features(
             ) from None
         except (OSError, EOFError) as e:
             raise DataError(f"{label} is not a readable .npy file ({e})") from None
+        if _is_text(array):
+            return _text_features(array, label, tokenize)
         return _features(array, label)
     if suffix == ".npz":
         check_npz_sizes(path, label)
@@ -680,9 +748,11 @@ def load_features(
             with np.load(path, allow_pickle=False) as archive:
                 if "y" not in archive.files and "x" in archive.files:
                     return _features(archive["x"], label)
+                if "y" not in archive.files and "text" in archive.files:
+                    return _text_features(archive["text"], label, tokenize)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile):
             pass  # load_data below gives the detailed message
-        return load_data(path, name=name).x
+        return load_data(path, name=name, tokenize=tokenize).x
     table = _read_csv(path, label) if suffix == ".csv" else _read_parquet(path, label)
     if columns is not None:
         missing = [c for c in columns if c not in table]

@@ -42,7 +42,9 @@ def evaluate_logits(
     correct, loss_sum, loss_count, unseen = 0, 0.0, 0, 0
     for rows, labels in batches_in_order(data, batch_size, workers=workers):
         # Inputs follow the model's dtype (a bf16-true model gets bf16 inputs).
-        x = rows.to(device, dtype=input_dtype(model))
+        x = rows.to(device)
+        if x.is_floating_point():  # integer inputs (token ids of a text backbone) stay so
+            x = x.to(input_dtype(model))
         y = labels.to(device)
         logits = predict(x).float()
         outputs = logits.shape[1]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ricordo.errors import ConfigError, ModelCodeError
+from ricordo.models.backbone import backbone_spec, build_backbone_model, is_backbone_spec
 from ricordo.models.builtin import MODELS, build_builtin
 from ricordo.models.code import MODEL_FN, ModelCode, resolve_code
 from ricordo.models.head import grow_output_layer, num_outputs
@@ -32,12 +33,22 @@ def make_spec(
     hidden: tuple[int, ...],
     config: str | ModelCode | None,
     options: dict[str, Any],
+    backbone: str | None = None,
+    train_backbone: bool = False,
 ) -> dict[str, Any]:
     """Describe a model so that :func:`build_model` can rebuild it in another process.
 
     ``config`` is the user's model code (a .py file, ``module:function``, or a resolved
-    :class:`ModelCode`); None selects the built-in ``model``.
+    :class:`ModelCode`); None selects the built-in ``model``. ``backbone`` (a pretrained
+    encoder's hub name or folder) selects a backbone model instead (``models.backbone``).
     """
+    if backbone is not None:
+        return backbone_spec(
+            backbone,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            train_backbone=train_backbone,
+        )
     spec: dict[str, Any] = {
         "input_shape": list(input_shape),
         "num_classes": int(num_classes),
@@ -168,6 +179,10 @@ def build_model(
     Initialisation draws from a private RNG seeded with ``generator_seed`` (the global RNG of the
     caller is left untouched), so the same seed builds the same weights.
     """
+    if is_backbone_spec(spec):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator_seed)  # the head's initial weights
+            return build_backbone_model(spec)
     recorded = recorded_code(spec)
     if recorded is not None and (
         code is None or (code.instance is None and code.sha256 != recorded["sha256"])

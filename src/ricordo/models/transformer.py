@@ -145,8 +145,14 @@ def _quiet_transformers() -> Iterator[None]:
 @lru_cache(maxsize=8)
 def _tokenizer(folder: str) -> Any:
     transformers = _require_transformers()
-    with _quiet_transformers():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    try:
+        with _quiet_transformers():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as err:  # no tokenizer files: an image encoder
+        raise ConfigError(
+            f"the backbone in {folder!r} has no tokenizer ({type(err).__name__}); text needs a "
+            "BERT-like text encoder saved with its tokenizer (tokenizer.save_pretrained(folder))"
+        ) from None
     if tokenizer.pad_token_id is None:
         raise ConfigError(
             f"the tokenizer in {folder!r} has no padding token; text backbones must be "
@@ -260,7 +266,10 @@ class TransformerEncoder(nn.Module):
         return out.last_hidden_state[:, 0]
 
     def _text_inputs(self, x: Tensor, prompts: Tensor | None) -> dict[str, Tensor]:
-        if x.dim() != 2 or x.dtype.is_floating_point or x.dtype == torch.bool:
+        exact = x.dtype in (torch.float32, torch.float64) and bool(
+            ((x == x.round()) & (x.abs() < 2**24)).all()
+        )  # ids read from a numeric array arrive as float32: whole numbers < 2**24 are exact
+        if x.dim() != 2 or x.dtype == torch.bool or (x.is_floating_point() and not exact):
             raise DataError(
                 f"a text backbone takes token ids (N, L) of an integer dtype, got "
                 f"{tuple(x.shape)} {x.dtype}; tokenize the texts with the backbone's tokenizer"
