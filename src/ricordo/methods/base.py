@@ -86,7 +86,9 @@ class UpdateContext:
         if self.sample_transform is not None:
             if len(x) == 0:
                 return x
-            return torch.stack([self.sample_transform(row) for row in x])
+            # On the CPU, as in the DataLoader's workers: the transform is written for samples.
+            rows = [self.sample_transform(row) for row in x.cpu()]
+            return torch.stack(rows).to(x.device, x.dtype)
         spec = getattr(self.config, "augment", None)
         if spec is None:
             return x
