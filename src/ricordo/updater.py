@@ -96,6 +96,7 @@ class Updater:
         method_cls = METHODS.get(self.config.method)
         self._method_cls = method_cls
         self.params = parse_params(method_cls, self.config.params)
+        method_cls.check_config(self.config)  # e.g. a PEFT method needs --backbone
         # Store typed values ("0.5" from the CLI becomes 0.5) so the state records real numbers.
         self.config = self.config.replace(params=params_to_dict(self.params))
         self.model: nn.Module | None = None
@@ -395,9 +396,15 @@ class Updater:
             raise DataError("inputs contain NaN or infinite values; clean them before predicting")
         return tensor
 
-    @torch.no_grad()
     def predict_logits(self, x: Any, batch_size: int = 1024) -> Tensor:
         """Logits (N, classes) for inputs shaped like the training features."""
+        return self.predict_routed(x, batch_size)[0]
+
+    @torch.no_grad()
+    def predict_routed(self, x: Any, batch_size: int = 1024) -> tuple[Tensor, Tensor | None]:
+        """Logits (N, classes) and, for a method that routes each row to one task's expert
+        (s-prompts, s-lora, color), the task id (N,) it chose per row; None for other methods.
+        Benchmarks compare those ids with the true task to log task-identification accuracy."""
         model = self._require_model()
         inputs = self._inference_inputs(x)
         ctx = self._inference_context(model)
@@ -405,12 +412,16 @@ class Updater:
         model.eval()
         if inputs.is_floating_point():  # token ids (text backbones) stay integers
             inputs = inputs.to(input_dtype(model))
-        outputs = [
-            self.method.predict(inputs[i : i + batch_size], ctx).float()
-            for i in range(0, len(inputs), batch_size)
-        ]
+        outputs, tasks = [], []
+        for i in range(0, len(inputs), batch_size):
+            logits, routed = self.method.predict_with_tasks(inputs[i : i + batch_size], ctx)
+            outputs.append(logits.float())
+            if routed is not None:
+                tasks.append(routed.to("cpu", torch.long))
         model.train(was_training)
-        return torch.cat(outputs) if outputs else torch.empty(0, num_outputs(model))
+        if not outputs:
+            return torch.empty(0, num_outputs(model)), None
+        return torch.cat(outputs), torch.cat(tasks) if tasks else None
 
     def predict(self, x: Any, batch_size: int = 1024) -> Tensor:
         """Predicted class ids (N,)."""
@@ -427,6 +438,7 @@ class Updater:
         batch_size: int = 1024,
         *,
         classes: Sequence[int] | None = None,
+        task: int | None = None,
     ) -> dict[str, float]:
         """Accuracy and cross-entropy on labelled data, with the row counts behind them.
 
@@ -436,7 +448,9 @@ class Updater:
         ``accuracy`` and are left out of ``loss`` (``samples = loss_samples + unseen_label_rows``
         without ``classes``). ``classes``: score among these classes only (other logits set to
         -inf; rows of other classes count as wrong and leave the loss), e.g. a chunk's classes
-        for task-incremental evaluation where the task id is known.
+        for task-incremental evaluation where the task id is known. ``task``: the update
+        (task) the data comes from; for a method that routes rows to task experts (s-prompts,
+        s-lora, color) the result adds ``task_id_accuracy``, the share of rows routed to it.
         """
         model = self._require_model()
         if isinstance(data, LazyDataset):  # read in order, untransformed
@@ -447,8 +461,16 @@ class Updater:
             chunk = chunk.validate(name="the evaluation data")
             self._inference_inputs(chunk.x[:1])
         ctx = self._inference_context(model)
+        routed: list[Tensor] = []
+
+        def predict(x: Tensor) -> Tensor:
+            logits, tasks = self.method.predict_with_tasks(x, ctx)
+            if tasks is not None:
+                routed.append(tasks.to("cpu", torch.long))
+            return logits
+
         result = evaluate_logits(
-            lambda x: self.method.predict(x, ctx),
+            predict,
             chunk,
             batch_size,
             torch.device("cpu"),
@@ -457,13 +479,16 @@ class Updater:
             known_classes=self.seen_classes,
             workers=self.config.data_workers,
         )
-        return {
+        report = {
             "accuracy": result["accuracy"],
             "loss": result["loss"],
             "samples": len(chunk),
             "loss_samples": int(result["loss_samples"]),
             "unseen_label_rows": int(result["unseen_label_rows"]),
         }
+        if task is not None and routed:
+            report["task_id_accuracy"] = float((torch.cat(routed) == int(task)).double().mean())
+        return report
 
     def _inference_context(self, model: nn.Module) -> UpdateContext:
         return UpdateContext(
@@ -623,6 +648,7 @@ class Updater:
             updater.method.load_state(
                 _read_tensors(state, METHOD_TENSORS), json.loads(state.files[METHOD_JSON])
             )
+            updater.method.attach(model)  # e.g. LoRA adapters back into the rebuilt encoder
             if updater.memory is not None:
                 updater.method.memory = TensorMemory.from_files(
                     state.files,

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 
@@ -44,6 +44,8 @@ class TrainReport:
     best_epoch: int | None = None
     val_accuracy: list[float] = field(default_factory=list)
     backend: str = ""
+    # Parameters the update's optimizer trained (the model's that require grad + the method's).
+    trainable_parameters: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -54,11 +56,18 @@ class TrainReport:
             "best_epoch": self.best_epoch,
             "val_accuracy": self.val_accuracy,
             "backend": self.backend,
+            "trainable_parameters": self.trainable_parameters,
         }
 
 
-def make_optimizer(model: nn.Module, config: UpdateConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, config: UpdateConfig, extra: Sequence[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """The configured optimizer over ``model``'s parameters that require grad, plus ``extra``
+    (parameters a method owns outside the model: ``Method.extra_parameters``)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    known = {id(p) for p in params}
+    params += [p for p in extra if id(p) not in known]
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -127,10 +136,17 @@ def _train_update(
     backend = make_backend(config)
     model.to(backend.device)
     ctx.device = backend.device
-    optimizer = make_optimizer(model, config)
+    # PEFT methods inject this update's adapter and pick the trainable parts before the
+    # optimizer sees the parameters; the ones they own outside the model join it.
+    method.prepare_model(model, ctx)
+    extra = method.extra_parameters(ctx)
+    optimizer = make_optimizer(model, config, extra)
     wrapped, optimizer = backend.setup(model, optimizer)
     ctx.model = wrapped
     report = TrainReport(backend=backend.name)
+    report.trainable_parameters = sum(
+        p.numel() for group in optimizer.param_groups for p in group["params"]
+    )
 
     train_data, val_data = split_validation(data, config.val_fraction, ctx.generator)
     method.begin_update(train_data, ctx)
@@ -141,6 +157,7 @@ def _train_update(
     steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
     epochs = method.epochs(iterate, ctx)
     best_accuracy, best_state, bad_epochs = -1.0, None, 0
+    best_extra: list[torch.Tensor] = []
 
     total = ctx.total_steps = steps_per_epoch * epochs
     guard = DivergenceGuard(ctx.update_index, config.lr)
@@ -205,6 +222,7 @@ def _train_update(
                     report.best_epoch = epoch
                     if config.patience is not None:
                         best_state = copy.deepcopy(model.state_dict())
+                        best_extra = [p.detach().clone() for p in extra]
                 else:
                     bad_epochs += 1
                     if config.patience is not None and bad_epochs >= config.patience:
@@ -212,6 +230,9 @@ def _train_update(
     if best_state is not None:
         # Early stopping restores the weights of the best validation epoch.
         model.load_state_dict(best_state)
+        with torch.no_grad():  # and the method's own trained parameters of that epoch
+            for parameter, saved in zip(extra, best_extra, strict=True):
+                parameter.copy_(saved)
     ctx.model = model
     ctx.train_classes = None
     ctx.sample_transform = None

@@ -115,6 +115,9 @@ class Method:
     # Whether the method trains on a lazy chunk (ricordo.data.LazyDataset, --lazy): its hooks
     # read the chunk batch by batch, never as one tensor. The Updater refuses the others.
     supports_lazy_data: ClassVar[bool] = False
+    # Whether the method trains parts of a pretrained transformer (``--backbone``) and cannot
+    # run without one (PEFT methods); ``check_config`` then refuses a config without it.
+    needs_backbone: ClassVar[bool] = False
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         self.params = params
@@ -167,6 +170,41 @@ class Method:
     def predict(self, x: Tensor, ctx: UpdateContext) -> Tensor:
         """Logits used for prediction and evaluation."""
         return ctx.logits(x)
+
+    # -- methods that train parts of their own (PEFT: adapters, prompts, task heads) -----------
+    # Order in an update: check_config (when the Updater is built), prepare_model, then the
+    # optimizer is built over the model's parameters that require grad plus extra_parameters,
+    # then begin_update ... end_update as above. After a state is loaded: load_state, attach.
+    @classmethod
+    def check_config(cls, config: UpdateConfig) -> None:
+        """Refuse in one line (ConfigError) a configuration the method cannot run with, e.g. a
+        PEFT method (``needs_backbone``) without ``--backbone``. Called when the Updater is
+        built; overrides call ``super().check_config(config)``."""
+        if cls.needs_backbone and getattr(config, "backbone", None) is None:
+            raise ConfigError(
+                f"method {cls.name!r} trains small parts of a frozen pretrained transformer; "
+                "pass --backbone NAME_OR_PATH (Python: backbone=...), a ViT or BERT-like "
+                "encoder's hub name or folder"
+            )
+
+    def prepare_model(self, model: nn.Module, ctx: UpdateContext) -> None:
+        """Change the model in place before this update's optimizer is built: inject a new LoRA
+        adapter, set which parameters require grad. ``model`` is on ``ctx.device``."""
+
+    def extra_parameters(self, ctx: UpdateContext) -> list[nn.Parameter]:
+        """Parameters the method owns outside the model (a new prompt set, a new task head)
+        that this update's optimizer trains, on ``ctx.device``. Called after prepare_model."""
+        return []
+
+    def attach(self, model: nn.Module) -> None:
+        """After ``load_state``: put back into the freshly built ``model`` what the method keeps
+        inside it (LoRA adapters into the rebuilt encoder, whose weights a state never holds)."""
+
+    def predict_with_tasks(self, x: Tensor, ctx: UpdateContext) -> tuple[Tensor, Tensor | None]:
+        """``predict``'s logits and, for methods that route each row to a task's expert, the
+        task id chosen per row (None otherwise); benchmarks log task-identification accuracy
+        from it."""
+        return self.predict(x, ctx), None
 
     # -- state ---------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
