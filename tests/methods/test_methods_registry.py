@@ -13,20 +13,28 @@ import torch
 
 from ricordo import Updater
 from ricordo.data import Scenario, load_builtin, make_scenario
+from ricordo.errors import ConfigError
 from ricordo.methods import METHODS
 
 TESTS = Path(__file__).parent
+# Methods that train parts of a pretrained transformer (s-prompts, s-lora, color) need
+# --backbone: the digits MLP runs below are for the others; test_peft_routing.py trains them,
+# and test_backbone_methods_refuse_without_a_backbone checks their one-line refusal.
+DIGITS_METHODS = [n for n in METHODS.names() if not METHODS.get(n).needs_backbone]
+BACKBONE_METHODS = [n for n in METHODS.names() if METHODS.get(n).needs_backbone]
 
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_has_a_summary_and_a_test_file(name: str) -> None:
     method = METHODS.get(name)
     assert method.summary, f"{name} needs a one-line summary (README table)"
-    sources = "".join(p.read_text() for p in TESTS.glob("test_*.py"))
+    # tests/methods/, or tests/ for methods tested with their parts (test_peft_routing.py)
+    files = [*TESTS.glob("test_*.py"), *TESTS.parent.glob("test_*.py")]
+    sources = "".join(p.read_text() for p in files)
     assert f'"{name}"' in sources, f"no test mentions method {name!r}"
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", DIGITS_METHODS)
 def test_method_trains_with_mask_unseen(name: str, digits_scenario: Scenario) -> None:
     """Masked logits are -inf: methods that regress logits must use the raw ones."""
     updater = Updater(
@@ -60,7 +68,7 @@ def scenarios() -> dict[str, Scenario]:
 
 
 @pytest.mark.parametrize("kind", ["class-incremental", "task-incremental", "permutation"])
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", DIGITS_METHODS)
 def test_method_learns_in_class_task_and_domain_incremental_streams(
     name: str, kind: str, scenarios: dict[str, Scenario], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -82,3 +90,14 @@ def test_method_learns_in_class_task_and_domain_incremental_streams(
     if kind == "task-incremental":  # the task id is known: logits masked to its classes
         accuracy = updater.evaluate(scenario.test[1], classes=scenario.chunk_classes[1])
         assert accuracy["accuracy"] > 0.75, accuracy  # chance: 0.5
+
+
+@pytest.mark.parametrize("name", BACKBONE_METHODS)
+def test_backbone_methods_refuse_without_a_backbone(name: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Updater(method=name, progress=False)
+    assert str(error.value) == (
+        f"method {name!r} trains small parts of a frozen pretrained transformer; pass "
+        "--backbone NAME_OR_PATH (Python: backbone=...), a ViT or BERT-like encoder's hub "
+        "name or folder"
+    )

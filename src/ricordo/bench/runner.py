@@ -70,16 +70,27 @@ def run_benchmark(
     uses_cuda = _uses_cuda(config)
     eval_seconds = 0.0
 
+    task_id_matrix: list[list[float | None]] = []
+
     def evaluate_all() -> tuple[list[float], list[float]]:
         nonlocal eval_seconds
         t0 = time.perf_counter()
         class_row, task_row = [], []
+        id_row: list[float | None] = []
         # Before the first update: the untrained model over all its outputs (the baseline of
         # forward transfer); after it, the argmax among the classes learnt so far.
         learnt = updater.seen_classes if updater.updates else None
         for j, test in enumerate(scenario.test):
-            logits = updater.predict_logits(test.x)
+            logits, routed = updater.predict_routed(test.x)
             class_row.append(_accuracy(logits, test.y, learnt=learnt))
+            # Methods that route rows to task experts: the share of chunk j's rows sent to
+            # expert j (the update that trained on chunk j), for the chunks trained so far.
+            if routed is not None and j < updater.updates:
+                id_row.append(float((routed == j).double().mean()) if len(routed) else 0.0)
+            else:
+                id_row.append(None)
+        if updater.updates and any(v is not None for v in id_row):
+            task_id_matrix.append(id_row)
             if task_il:
                 task_row.append(_accuracy(logits, test.y, scenario.chunk_classes[j], learnt=learnt))
         eval_seconds += time.perf_counter() - t0
@@ -145,10 +156,27 @@ def run_benchmark(
             "train_steps": steps,
         },
         "per_update": per_update,
+        "task_identification": _task_identification(task_id_matrix, test_sizes),
     }
     if output is not None:
         write_json(Path(output) / "results.json", results)
     return results
+
+
+def _task_identification(
+    matrix: list[list[float | None]], test_sizes: Sequence[int]
+) -> dict[str, Any] | None:
+    """Task-identification accuracy of a method that routes rows to task experts (None for
+    others): ``accuracy_matrix[i][j]`` is the share of test chunk j's rows routed to expert j
+    after update i (None for chunks not trained yet); ``final`` pools the chunks' rows after
+    the last update, as ``micro_average_accuracy`` pools accuracy."""
+    if not matrix:
+        return None
+    last = matrix[-1]
+    pairs = [(v, n) for v, n in zip(last, test_sizes, strict=True) if v is not None]
+    total = sum(n for _, n in pairs)
+    final = sum(v * n for v, n in pairs) / total if total else None
+    return {"accuracy_matrix": matrix, "final": final}
 
 
 def _warm_up() -> None:

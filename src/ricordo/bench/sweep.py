@@ -55,6 +55,7 @@ SHORT_HEADERS = {
     "backward transfer": "BWT",
     "forward transfer": "FWT",
     "task-IL average accuracy": "task-IL",
+    "task-ID accuracy": "task-ID",
 }
 
 
@@ -146,6 +147,8 @@ def run_sweep(
             write_json(out / record["file"], results)
             record["metrics"] = results["metrics"]
             record["task_il"] = (results.get("task_il") or {}).get("metrics")
+            # Methods that route rows to task experts (s-prompts, s-lora, color); else None.
+            record["task_id_accuracy"] = (results.get("task_identification") or {}).get("final")
             record["timing"] = results["timing"]
             record["peak_rss_mb"] = max(
                 (u["peak_rss_mb"] or 0 for u in results["per_update"]), default=None
@@ -462,6 +465,7 @@ def summarize_runs(
             "task_il": {k: stats([m.get(k) for m in task_il]) for k in keys}
             if task_il and len(task_il) == len(ok)
             else None,
+            "task_id_accuracy": stats([r.get("task_id_accuracy") for r in ok]),
             "timing": {k: stats([r["timing"][k] for r in ok]) for k in TIMING_KEYS} if ok else {},
             "peak_rss_mb": max((r["peak_rss_mb"] or 0 for r in ok), default=None),
         }
@@ -506,6 +510,10 @@ def summary_table(
     with_task = any(v["task_il"] for v in summary["methods"].values())
     if with_task:
         headers.append("task-IL average accuracy")
+    # Share of test rows routed to their own task's expert, for methods that route.
+    with_routing = any(v.get("task_id_accuracy") for v in summary["methods"].values())
+    if with_routing:
+        headers.append("task-ID accuracy")
     headers.append("train s")
     rows = []
     for name, entry in summary["methods"].items():
@@ -513,6 +521,8 @@ def summary_table(
         row += [_fmt(entry["metrics"].get(m)) for m in TABLE_METRICS]
         if with_task:
             row.append(_fmt((entry["task_il"] or {}).get("average_accuracy")))
+        if with_routing:
+            row.append(_fmt(entry.get("task_id_accuracy")))
         row.append(_fmt(entry["timing"].get("train_seconds"), scale=1.0))
         rows.append(row)
     return headers, rows

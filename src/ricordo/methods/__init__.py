@@ -4,6 +4,7 @@ from ricordo.methods import (  # noqa: F401  (registration side effects)
     agem,
     bic,
     cls_er,
+    color,
     der,
     er,
     er_ace,
@@ -16,6 +17,8 @@ from ricordo.methods import (  # noqa: F401  (registration side effects)
     offline_er,
     pod_er,
     rd,
+    s_lora,
+    s_prompts,
     si,
     super_er,
 )

@@ -1,0 +1,26 @@
+"""S-LoRA (Wistuba, Sivaprasad, Balles, Zappella, 2024, "Choice of PEFT Technique in Continual
+Learning: Prompt Tuning is Not All You Need"): S-Prompts with each task's prompt set replaced by
+a LoRA adapter, plus a head per task.
+
+It is the CoLoR recipe (``ricordo.methods.color``) under the name the PEFT-choice paper gives it,
+so benchmark tables can use the paper's names: same algorithm, same defaults. ``routing
+first-task`` is that paper's S-LoRA++ (the routing features come from the backbone adapted on
+the first task). Requires ``--backbone``.
+"""
+
+from __future__ import annotations
+
+from ricordo.methods.base import register
+from ricordo.methods.lora_experts import LoraExpertParams, LoraExperts
+
+
+@register
+class SLoRA(LoraExperts):
+    name = "s-lora"
+    Params = LoraExpertParams
+    summary = "S-Prompts with a LoRA adapter per task in place of prompts (= color's recipe)."
+    defaults_from = (
+        "the PEFT-choice paper's S-LoRA = CoLoR's recipe (methods.md §2.1): Renate's SPeft "
+        "routing (5 k-means prototypes per task, L2), peft's LoRA defaults (r 8, alpha 8) on "
+        "query/value"
+    )
