@@ -15,8 +15,8 @@ import transformers
 from safetensors.torch import load_file
 
 from ricordo.errors import ConfigError, DataError, StateError
-from ricordo.models import features_and_logits
-from ricordo.models.backbone import BackboneClassifier
+from ricordo.models import features_and_logits, output_layer
+from ricordo.models.backbone import BackboneClassifier, load_saved_weights, saved_weights
 from ricordo.models.transformer import (
     TransformerEncoder,
     backbone_fingerprint,
@@ -328,3 +328,44 @@ def test_text_backbone_example_runs(
     accuracy = float(out.split("accuracy on all four topics:")[1].split()[0])
     assert accuracy > 0.6  # chance: 0.25
     assert (tmp_path / "text-state" / "v1" / "model.safetensors").stat().st_size < 1_000_000
+
+
+def test_saved_weights_skip_adapters_injected_into_the_encoder(tiny_vit_path: str) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = BackboneClassifier(load_encoder(tiny_vit_path), 3)
+    inject_adapter_in_model(
+        LoraConfig(r=2, target_modules=["q_proj", "v_proj"]), model.encoder.model
+    )
+    assert any("lora_" in k for k in model.state_dict())
+    assert output_layer(model)[0] == "head"  # still the layer that grows
+    weights = saved_weights(model, model.state_dict())
+    assert sorted(weights) == ["head.bias", "head.weight"]
+    fresh = BackboneClassifier(load_encoder(tiny_vit_path), 3)
+    load_saved_weights(fresh, weights)
+    assert torch.equal(fresh.head.weight, model.head.weight)
+    with pytest.raises(RuntimeError, match="missing \\['head.bias'\\]"):
+        load_saved_weights(fresh, {"head.weight": weights["head.weight"]})
+
+
+def test_train_backbone_trains_and_saves_the_encoder(tiny_vit_path: str, tmp_path: Path) -> None:
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(16) % 2
+    updater = Updater(
+        method="finetune",
+        backbone=tiny_vit_path,
+        train_backbone=True,
+        epochs=1,
+        progress=False,
+        threads=1,
+    )
+    updater.initialize(images, labels)
+    before = {k: v.clone() for k, v in updater.model.encoder.state_dict().items()}
+    updater.update(images, labels)
+    after = updater.model.encoder.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    updater.save(str(tmp_path / "s0"))
+    saved = load_file(str(tmp_path / "s0" / "model.safetensors"))
+    assert any(k.startswith("encoder.model.") for k in saved)
+    loaded = Updater.load(str(tmp_path / "s0"))
+    assert torch.equal(loaded.predict_logits(images), updater.predict_logits(images))
