@@ -282,3 +282,28 @@ def test_npz_is_read_row_by_row_and_compressed_files_are_refused(tmp_path):
     np.savez_compressed(tmp_path / "packed.npz", x=pixels, y=data.y.numpy())
     with pytest.raises(DataError, match=r"^packed.npz stores 'x' compressed"):
         lazy_npz(tmp_path / "packed.npz")
+
+
+def test_cli_lazy_npz_and_its_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from ricordo.cli import app
+
+    data = _blobs(40)
+    np.savez(tmp_path / "chunk.npz", x=data.x.numpy(), y=data.y.numpy())
+    base = ["update", "--method", "er", "--epochs", "1", "--hidden", "8", "--threads", "1"]
+    base += ["--no-progress", "--next-state", str(tmp_path / "s")]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--data", str(tmp_path / "chunk.npz"), "--lazy"])
+    assert result.exit_code == 0, result.output
+    assert "40 samples, classes [0, 1, 2]" in result.output
+    (tmp_path / "t.csv").write_text("a,label\n1,0\n")
+    result = runner.invoke(
+        app, [*base[:-1], str(tmp_path / "s2"), "--data", str(tmp_path / "t.csv"), "--lazy"]
+    )
+    assert isinstance(result.exception, ConfigError)  # main() prints it as one line
+    assert str(result.exception) == (
+        f"--lazy reads a .npz file, or a folder with --dataset image-folder or hf; "
+        f"{tmp_path / 't.csv'} is neither (CSV and Parquet tables are read into memory: "
+        "drop --lazy)"
+    )
