@@ -593,6 +593,13 @@ def evaluate(
     config: StateModelCode = None,
     accept_model_change: AcceptModelChange = False,
     backbone: StateBackbone = None,
+    task: Annotated[
+        int | None,
+        typer.Option(
+            help="The update (task, from 0) the data comes from: methods that route rows to "
+            "task experts (s-prompts, s-lora, color) also report the share routed to it."
+        ),
+    ] = None,
 ) -> None:
     """Print accuracy and loss of a state on labelled data."""
     from ricordo.data import load_data
@@ -612,7 +619,7 @@ def evaluate(
         columns=updater.feature_names,
         tokenize=updater.tokenizer,
     )
-    result = {"state": state, "data": data, **updater.evaluate(chunk)}
+    result = {"state": state, "data": data, **updater.evaluate(chunk, task=task)}
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         # Strict JSON: a loss that cannot be computed (no label has an output yet) is null.
@@ -626,6 +633,11 @@ def evaluate(
             f"out of the loss over the other {result['loss_samples']})"
             if unseen
             else "samples)"
+        )
+        + (
+            f"  task identification {result['task_id_accuracy']:.4f}"
+            if "task_id_accuracy" in result
+            else ""
         )
     )
 
