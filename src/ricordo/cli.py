@@ -105,7 +105,13 @@ app = _App(
 
 # Options shared by `update` and `benchmark`. None means "not given": the stored value (for a
 # later update) or UpdateConfig's default is used.
-Model = Annotated[str | None, typer.Option(help="Built-in model: mlp, cnn or resnet18.")]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        help="Built-in model (mlp, cnn, resnet18), or your code like --config: file.py with "
+        "model_fn, or module:function."
+    ),
+]
 Hidden = Annotated[
     str | None, typer.Option(help="Hidden sizes (mlp) or channels (cnn), e.g. 256,128.")
 ]
@@ -333,6 +339,15 @@ def _options(**given: Any) -> dict[str, Any]:
             raise ConfigError(
                 f"--hidden {given['hidden']!r} must be comma-separated integers, e.g. 256,128"
             ) from None
+    model = str(options.get("model", ""))
+    if model.endswith(".py") or ":" in model:
+        # --model my_model.py / pkg.mod:make_model names the user's code, like --config does.
+        if "config" in options:
+            raise ConfigError(
+                f"--model {model} and --config {options['config']} both name model code; "
+                "pass one of them"
+            )
+        options["config"] = options.pop("model")
     if "config" in options:
         # A file is resolved (benchmark runs may start elsewhere); module:function stays as is.
         path = Path(options["config"]).expanduser()

@@ -70,3 +70,23 @@ def test_an_nn_module_state_from_the_cli(
     assert ok.code == 0, ok.describe()
     assert "accuracy" in ok.out
     assert digest(state) == before
+
+
+def test_model_option_takes_a_python_file_like_config(
+    tmp_path: Path, chunks: Path, cli: Callable[..., Any]
+) -> None:
+    # `--model net.py` means the user's code (it used to fail as an unknown built-in name).
+    model_file = tmp_path / "net.py"
+    model_file.write_text(NET_SOURCE)
+    state = tmp_path / "v0"
+    args = ["--data", chunks / "train-0.npz", "--epochs", "1", "--no-progress"]
+    made = cli("update", *args, "--model", model_file, "--next-state", state)
+    assert made.code == 0, made.describe()
+    loaded = Updater.load(str(state), model=str(model_file))
+    assert type(loaded.model).__name__ == "Net"
+
+    both = cli(
+        "update", *args, "--model", model_file, "--config", model_file, "--next-state", state
+    )
+    assert both.code == 1 and len(both.err_lines) == 1, both.describe()
+    assert "both name model code; pass one of them" in both.err_lines[0]
