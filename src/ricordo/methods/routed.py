@@ -163,8 +163,8 @@ class RoutedExperts(Method):
     def prepare_model(self, model: nn.Module, ctx: UpdateContext) -> None:
         encoder = find_encoder(model, self.name)
         task = self.experts
-        self.heads.to(ctx.device)
         self.heads.add(encoder.hidden_size, ctx.chunk_classes, ctx.generator)
+        self.heads.to(ctx.device)  # before the optimizer sees the new head
         owned = self.add_expert(encoder, ctx)
         # The model's own output layer is not used: each task has its head in self.heads.
         output_layer(unwrap(model))[1].requires_grad_(False)

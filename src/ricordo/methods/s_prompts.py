@@ -78,8 +78,8 @@ class SPrompts(RoutedExperts):
     def add_expert(self, encoder: TransformerEncoder, ctx: UpdateContext) -> list[nn.Parameter]:
         if self.prompts is None:
             self.prompts = PromptSets(self.params.prompt_length, encoder.hidden_size)
-        self.prompts.to(ctx.device)
         index = self.prompts.add(self.params.prompt_init, ctx.generator)
+        self.prompts.to(ctx.device)  # before the optimizer sees the new prompt set
         return [self.prompts.sets[index]]
 
     def _prompts(self, device: Any) -> PromptSets:
