@@ -369,3 +369,18 @@ def test_train_backbone_trains_and_saves_the_encoder(tiny_vit_path: str, tmp_pat
     assert any(k.startswith("encoder.model.") for k in saved)
     loaded = Updater.load(str(tmp_path / "s0"))
     assert torch.equal(loaded.predict_logits(images), updater.predict_logits(images))
+
+
+# vmap over sdpa on the CPU falls back to a slower loop, with a warning: expected here.
+@pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+@pytest.mark.parametrize("method", ["ewc", "icarl", "der++", "a-gem", "lwf"])
+def test_methods_run_on_a_text_backbone(method: str, minilm_path: str, topic_texts) -> None:
+    # Per-example gradients (EWC's Fisher through torch.func.vmap), class means of CLS features
+    # (iCaRL), stored logits (DER++), gradient projection (A-GEM), a frozen copy (LwF).
+    updater = _text_updater(
+        minilm_path, method=method, max_length=8, epochs=1, batch_size=8, memory_size=8
+    )
+    for k, classes in enumerate(([0, 1], [2, 3])):
+        updater.update(*topic_texts(classes, 8, k))
+    assert updater.seen_classes == [0, 1, 2, 3]
+    assert updater.predict_logits(topic_texts([0, 1, 2, 3], 4, 9)[0]).shape == (4, 4)

@@ -275,10 +275,16 @@ class TransformerEncoder(nn.Module):
                 f"{tuple(x.shape)} {x.dtype}; tokenize the texts with the backbone's tokenizer"
             )
         ids = x.long()
-        mask = (ids != self.pad_token_id).long()
+        keep = ids != self.pad_token_id
         if prompts is not None:
-            extra = torch.ones(ids.shape[0], prompts.shape[1], dtype=mask.dtype, device=mask.device)
-            mask = torch.cat([mask[:, :1], extra, mask[:, 1:]], dim=1)
+            extra = torch.ones(ids.shape[0], prompts.shape[1], dtype=keep.dtype, device=keep.device)
+            keep = torch.cat([keep[:, :1], extra, keep[:, 1:]], dim=1)
+        # The additive (N, 1, 1, L) mask, built here: HF uses a 4-D mask as given (eager and
+        # sdpa alike), whereas from a 2-D one it first tests whether any token is padding, a
+        # data-dependent branch that per-example gradients (torch.func.vmap: EWC's Fisher)
+        # cannot trace.
+        dtype = self.model.dtype
+        mask = (~keep)[:, None, None, :].to(dtype) * torch.finfo(dtype).min
         return {"input_ids": ids, "attention_mask": mask}
 
     def _vision_inputs(self, x: Tensor) -> dict[str, Tensor]:
