@@ -83,6 +83,8 @@ def run_benchmark(
         for j, test in enumerate(scenario.test):
             logits, routed = updater.predict_routed(test.x)
             class_row.append(_accuracy(logits, test.y, learnt=learnt))
+            if task_il:
+                task_row.append(_accuracy(logits, test.y, scenario.chunk_classes[j], learnt=learnt))
             # Methods that route rows to task experts: the share of chunk j's rows sent to
             # expert j (the update that trained on chunk j), for the chunks trained so far.
             if routed is not None and j < updater.updates:
@@ -91,8 +93,6 @@ def run_benchmark(
                 id_row.append(None)
         if updater.updates and any(v is not None for v in id_row):
             task_id_matrix.append(id_row)
-            if task_il:
-                task_row.append(_accuracy(logits, test.y, scenario.chunk_classes[j], learnt=learnt))
         eval_seconds += time.perf_counter() - t0
         return class_row, task_row
 
