@@ -348,12 +348,7 @@ def load_encoder(name_or_path: str, *, trainable: bool = False) -> TransformerEn
     # from_pretrained initialises weights missing from the checkpoint with the global RNG: keep
     # the caller's random stream untouched so a run's seed means the same with or without it.
     with torch.random.fork_rng(devices=[]), _quiet_transformers():
-        try:
-            model = transformers.AutoModel.from_pretrained(
-                str(folder), use_safetensors=True, add_pooling_layer=False
-            )
-        except TypeError:  # architectures without a pooler take no add_pooling_layer
-            model = transformers.AutoModel.from_pretrained(str(folder), use_safetensors=True)
+        model = _from_pretrained(transformers, folder)
     main_input = getattr(model, "main_input_name", "input_ids")
     if main_input == "input_ids":
         tokenizer = _tokenizer(str(folder))
@@ -379,6 +374,28 @@ def load_encoder(name_or_path: str, *, trainable: bool = False) -> TransformerEn
         f"backbone {name_or_path!r} ({type(model).__name__}) takes {main_input!r}; Ricordo "
         "supports text encoders (input_ids) and image encoders (pixel_values)"
     )
+
+
+def _from_pretrained(transformers: Any, folder: Path) -> nn.Module:
+    """The HF model in ``folder``, without its pooler where the architecture allows it.
+
+    Attention is PyTorch's SDPA where the architecture has it, else the eager implementation:
+    both take the additive 4-D mask the text path builds (a config asking for flash attention,
+    which takes no such mask, is overridden).
+    """
+    for attention in ("sdpa", "eager"):
+        for extra in ({"add_pooling_layer": False}, {}):
+            try:
+                return transformers.AutoModel.from_pretrained(
+                    str(folder), use_safetensors=True, attn_implementation=attention, **extra
+                )
+            except TypeError:  # architectures without a pooler take no add_pooling_layer
+                continue
+            except ValueError as err:  # no SDPA for this architecture: try eager
+                if attention == "eager" or "attention" not in str(err).lower():
+                    raise
+                break
+    raise ConfigError(f"cannot load the transformer in {str(folder)!r}")  # pragma: no cover
 
 
 def _image_processing(
