@@ -107,6 +107,31 @@ def test_an_adapter_restored_into_a_fresh_model_is_bit_identical(bert: Any) -> N
     assert not [n for n, p in fresh.named_parameters() if p.requires_grad]
 
 
+def test_several_active_adapters_add_their_updates() -> None:
+    """L2L's additive combination: with two adapters active, a layer's output moves by the
+    sum of what each moves it by alone."""
+    layer = torch.nn.Sequential()
+    layer.add_module("query", torch.nn.Linear(6, 4))
+    layer.requires_grad_(False)
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
+    base = layer(x)
+    for name in ("pool0", "pool1"):
+        lora.add_adapter(layer, name, SETTINGS)
+        with torch.no_grad():
+            for p in lora.adapter_parameters(layer, name):
+                p.normal_(generator=torch.Generator().manual_seed(len(name) + len(p.shape)))
+    moves = []
+    for name in ("pool0", "pool1"):
+        with lora.using_adapter(layer, name):
+            moves.append(layer(x) - base)
+    lora.activate(layer, ["pool0", "pool1"], trainable=True)
+    assert lora.active_adapters(layer) == ["pool0", "pool1"]
+    torch.testing.assert_close(layer(x) - base, moves[0] + moves[1])
+    assert all(
+        p.requires_grad for n in ("pool0", "pool1") for p in lora.adapter_parameters(layer, n)
+    )
+
+
 def test_target_modules_that_match_nothing_fail_in_one_line(bert: Any) -> None:
     with pytest.raises(ConfigError) as error:
         lora.add_adapter(bert, "expert0", lora.LoraSettings(target_modules=("qkv",)))

@@ -2,9 +2,10 @@
 
 Each adapter adds ``ΔW = (alpha / rank) · B A`` to every targeted ``nn.Linear`` (Hu et al. 2021);
 ``A`` starts random (peft's Kaiming-uniform) and ``B`` at zero, so a new adapter leaves the model's
-output unchanged until it is trained. One adapter (or none) is active at a time; only an adapter
-activated with ``trainable=True`` has ``requires_grad``, so an optimizer built afterwards trains it
-alone while the base weights and every other adapter stay bit-identical.
+output unchanged until it is trained. One adapter (or none) is active at a time, or several,
+whose updates then add up (L2L's additive combination of a pool's selected adapters); only
+adapters activated with ``trainable=True`` have ``requires_grad``, so an optimizer built
+afterwards trains them alone while the base weights and every other adapter stay bit-identical.
 
 The adapters are injected with ``peft.inject_adapter_in_model`` into the plain HF model (no
 ``PeftModel`` wrapper), switched with ``peft.functional.set_adapter``, read with
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,7 @@ def add_adapter(model: nn.Module, name: str, settings: LoraSettings) -> None:
     """
     if name in adapter_names(model):
         raise ConfigError(f"the model already has a LoRA adapter named {name!r}")
-    previous = active_adapter(model)
+    previous = active_adapters(model)
     with warnings.catch_warnings():
         # peft warns that a second adapter joins the first: several adapters is the point here.
         warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters.*")
@@ -119,36 +120,50 @@ def _layers(model: nn.Module) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
 
 
-def activate(model: nn.Module, name: str | None, *, trainable: bool = False) -> None:
-    """Make ``name`` the only active adapter (None: none, i.e. the base model).
+def activate(
+    model: nn.Module, name: str | Sequence[str] | None, *, trainable: bool = False
+) -> None:
+    """Make adapter ``name`` the only active one (None: none, i.e. the base model; a list of
+    names: all of them, their updates summed).
 
-    Only with ``trainable=True`` does it get ``requires_grad``; every other adapter is frozen.
+    Only with ``trainable=True`` do they get ``requires_grad``; every other adapter is frozen.
     """
     from peft.functional import set_adapter
 
-    if name is not None and name not in adapter_names(model):
-        raise ConfigError(f"the model has no LoRA adapter {name!r}; it has {adapter_names(model)}")
+    names = _names(name)
+    missing = [n for n in names if n not in adapter_names(model)]
+    if missing:
+        raise ConfigError(f"the model has no LoRA adapter {missing}; it has {adapter_names(model)}")
     if not _layers(model):
         return
-    set_adapter(model, [] if name is None else name, inference_mode=not trainable)
+    set_adapter(model, names, inference_mode=not trainable)
+
+
+def _names(name: str | Sequence[str] | None) -> list[str]:
+    if name is None:
+        return []
+    return [name] if isinstance(name, str) else list(name)
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    """The active adapters' names (empty when the base model runs alone)."""
+    for layer in _layers(model):
+        return list(layer.active_adapters)
+    return []
 
 
 def active_adapter(model: nn.Module) -> str | None:
-    """The active adapter's name, or None when the base model runs alone."""
-    for layer in _layers(model):
-        active = list(layer.active_adapters)
-        return active[0] if active else None
-    return None
+    """The (first) active adapter's name, or None when the base model runs alone."""
+    active = active_adapters(model)
+    return active[0] if active else None
 
 
 @contextlib.contextmanager
-def using_adapter(model: nn.Module, name: str | None) -> Iterator[None]:
-    """Run the block with adapter ``name`` (None: the base model) active and frozen; the
-    previously active adapter and its trainability are restored afterwards."""
-    previous = active_adapter(model)
-    trainable = previous is not None and any(
-        p.requires_grad for p in adapter_parameters(model, previous)
-    )
+def using_adapter(model: nn.Module, name: str | Sequence[str] | None) -> Iterator[None]:
+    """Run the block with adapter(s) ``name`` (None: the base model) active and frozen; the
+    previously active adapters and their trainability are restored afterwards."""
+    previous = active_adapters(model)
+    trainable = any(p.requires_grad for n in previous for p in adapter_parameters(model, n))
     activate(model, name)
     try:
         yield
@@ -210,4 +225,4 @@ def load_adapter(
         set_peft_model_state_dict(
             model, {k: v.to(device) for k, v in tensors.items()}, adapter_name=name
         )
-    activate(model, active_adapter(model))  # set_peft_model_state_dict may touch requires_grad
+    activate(model, active_adapters(model))  # set_peft_model_state_dict may touch requires_grad
