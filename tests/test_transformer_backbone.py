@@ -384,3 +384,34 @@ def test_methods_run_on_a_text_backbone(method: str, minilm_path: str, topic_tex
         updater.update(*topic_texts(classes, 8, k))
     assert updater.seen_classes == [0, 1, 2, 3]
     assert updater.predict_logits(topic_texts([0, 1, 2, 3], 4, 9)[0]).shape == (4, 4)
+
+
+def test_a_hub_name_is_read_from_the_hub_cache_offline(
+    minilm_path: str, topic_texts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    from ricordo.models import transformer
+
+    # A snapshot of "ricordo-tests/minilm" in a Hugging Face cache, as a download leaves it.
+    repo = tmp_path / "hub" / "models--ricordo-tests--minilm"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    for item in Path(minilm_path).iterdir():
+        if item.is_file():
+            (snapshot / item.name).symlink_to(item)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # never the network
+    transformer._hub_snapshot.cache_clear()
+    try:
+        updater = _text_updater("ricordo-tests/minilm", epochs=1)
+        updater.update(*topic_texts([0, 1], 8, 0))
+        assert updater.model.encoder.name_or_path == "ricordo-tests/minilm"
+        updater.save(str(tmp_path / "s0"))
+        loaded = Updater.load(str(tmp_path / "s0"))
+        assert loaded.model_spec["backbone"] == "ricordo-tests/minilm"
+        assert loaded.model_spec["backbone_fingerprint"] == backbone_fingerprint(minilm_path)
+    finally:
+        transformer._hub_snapshot.cache_clear()

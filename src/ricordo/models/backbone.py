@@ -67,7 +67,8 @@ def backbone_spec(
 
 
 def is_backbone_spec(spec: dict[str, Any] | None) -> bool:
-    return bool(spec) and spec.get("kind") == KIND  # type: ignore[union-attr]
+    """Whether a model spec describes a backbone model (built by :func:`build_backbone_model`)."""
+    return spec is not None and spec.get("kind") == KIND
 
 
 def build_backbone_model(spec: dict[str, Any]) -> BackboneClassifier:

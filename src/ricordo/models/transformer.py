@@ -30,6 +30,8 @@ from ricordo.errors import ConfigError, DataError
 
 TEXT = "text"
 VISION = "vision"
+# What TransformerEncoder.forward returns per row: the CLS output, or the prompt tokens' mean.
+POOLINGS = ("cls", "prompts")
 
 # What a backbone folder needs; fetched from the hub when the name is not a local folder. Only
 # safetensors weights: a pickled pytorch_model.bin is never downloaded nor loaded.
@@ -79,9 +81,7 @@ def backbone_folder(name_or_path: str) -> Path:
             "save_pretrained (config.json + model.safetensors) or a Hugging Face hub name"
         )
     try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(str(name_or_path), allow_patterns=_HUB_FILES)
+        folder = _hub_snapshot(str(name_or_path))
     except Exception as err:  # hub errors: offline, unknown repo, invalid id, gated repo
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
@@ -90,6 +90,14 @@ def backbone_folder(name_or_path: str) -> Path:
             "download it once while online (it is then read from the hub cache)"
         ) from err
     return Path(folder)
+
+
+@lru_cache(maxsize=16)
+def _hub_snapshot(name: str) -> str:
+    # Once per process and name: tokenizing each chunk must not ask the hub again.
+    from huggingface_hub import snapshot_download
+
+    return str(snapshot_download(name, allow_patterns=_HUB_FILES))
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -237,15 +245,20 @@ class TransformerEncoder(nn.Module):
     def extra_repr(self) -> str:
         return f"name_or_path={self.name_or_path!r}, kind={self.kind}, trainable={self.trainable}"
 
-    def forward(self, x: Tensor, prompts: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, prompts: Tensor | None = None, *, pool: str = "cls") -> Tensor:
         """The CLS feature (N, D) of the last layer, after the final norm.
 
         x: token ids (N, L) int64 padded with the tokenizer's pad id (text), or images
         (N, C, H, W) float in [0, 1] at any size (vision: resized to the model's image size and
         normalised with its processor's mean/std). prompts: optional (N, P, D) tokens inserted
         right after the CLS token, before the transformer layers; the attention mask is
-        extended so every prompt is attended.
+        extended so every prompt is attended. pool: ``"cls"`` (the CLS token's output) or
+        ``"prompts"`` (the mean of the P prompt tokens' outputs: L2P's prompt classifier input).
         """
+        if pool not in POOLINGS:
+            raise ConfigError(f"pool={pool!r} must be one of {', '.join(POOLINGS)}")
+        if pool == "prompts" and prompts is None:
+            raise ConfigError('pool="prompts" averages the prompt tokens: pass prompts')
         inputs = self._text_inputs(x, prompts) if self.kind == TEXT else self._vision_inputs(x)
         if prompts is not None:
             self._check_prompts(prompts, x.shape[0])
@@ -263,6 +276,9 @@ class TransformerEncoder(nn.Module):
                     out = self.model(**inputs)
                 finally:
                     handle.remove()
+        if pool == "prompts":
+            assert prompts is not None
+            return out.last_hidden_state[:, 1 : 1 + prompts.shape[1]].mean(dim=1)
         return out.last_hidden_state[:, 0]
 
     def _text_inputs(self, x: Tensor, prompts: Tensor | None) -> dict[str, Tensor]:
