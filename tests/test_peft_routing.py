@@ -444,3 +444,22 @@ def test_a_frozen_backbone_is_required(tiny_vit_path: str) -> None:
         "method 'color' keeps the backbone frozen (each task trains its own small expert); "
         "drop --train-backbone"
     )
+
+
+def test_the_benchmark_table_shows_task_identification_for_routing_methods() -> None:
+    from ricordo.bench.sweep import summarize_runs, summary_table
+
+    def record(name: str, seed: int, task_id: float | None) -> dict[str, Any]:
+        timing = {"train_seconds": 1.0, "eval_seconds": 0.1, "total_seconds": 1.2}
+        return {
+            "name": name, "method": name, "seed": seed, "status": "ok", "run": name,
+            "file": None, "seconds": 1.0, "metrics": {"average_accuracy": 0.5},
+            "task_il": None, "task_id_accuracy": task_id, "peak_rss_mb": None,
+            "timing": {**timing, "train_steps": 4},
+        }  # fmt: skip
+
+    records = [record("color", 0, 0.9), record("color", 1, 1.0), record("er", 0, None)]
+    summary = summarize_runs(records, {"seeds": [0, 1]}, "flat")
+    headers, rows = summary_table(summary)
+    column = headers.index("task-ID accuracy")
+    assert [row[column] for row in rows] == ["95.0 ± 7.1", "-"]
