@@ -463,3 +463,19 @@ def test_the_benchmark_table_shows_task_identification_for_routing_methods() -> 
     headers, rows = summary_table(summary)
     column = headers.index("task-ID accuracy")
     assert [row[column] for row in rows] == ["95.0 ± 7.1", "-"]
+
+
+def test_routing_and_adapter_shape_are_fixed_for_a_lineage(tiny_vit_path: str) -> None:
+    updater = vit_updater("color", tiny_vit_path)
+    updater.update(images(0.1, 16, 0))
+    with pytest.raises(ConfigError) as error:
+        updater.update(images(0.6, 16, 1), params={"routing": "first-task"})
+    assert str(error.value) == (
+        "routing=first-task differs from this lineage's routing=frozen, whose features built "
+        "the earlier tasks' prototypes; keep it, or start a new lineage to change it"
+    )
+    with pytest.raises(ConfigError, match=r"^LoRA rank differ from this lineage's \("):
+        updater.update(images(0.6, 16, 1), params={"rank": 4})
+    assert updater.updates == 1  # both refused updates left the lineage as it was
+    updater.update(images(0.6, 16, 1))
+    assert len(updater.method.adapters) == 2  # type: ignore[attr-defined]

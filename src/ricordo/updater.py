@@ -225,7 +225,7 @@ class Updater:
         refuse a ``LazyDataset`` and read a plain ``Dataset`` into memory, as before.
         """
         chunk = self._load_chunk(data, y).validate(name="the chunk")
-        previous_config = self.config
+        previous_config, previous_params = self.config, self.params
         if overrides:
             self.config = self._with_overrides(overrides)
         snapshot = self._snapshot()
@@ -233,7 +233,9 @@ class Updater:
             return self._update(chunk)
         except BaseException:
             self._restore(snapshot)
-            self.config = previous_config
+            # A refused params override is undone too (the snapshot holds the new params).
+            self.config, self.params = previous_config, previous_params
+            self.method.params = previous_params
             raise
 
     def _with_overrides(self, overrides: dict[str, Any]) -> UpdateConfig:

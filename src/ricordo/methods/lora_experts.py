@@ -8,6 +8,7 @@ injects them into a reloaded backbone bit for bit.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -75,8 +76,20 @@ class LoraExperts(RoutedExperts):
     def __init__(self, params: Any, memory: Any) -> None:
         super().__init__(params, memory)
         self.adapters: list[dict[str, Tensor]] = []  # finished adapters' tensors, on the CPU
+        # The lineage's adapter shape (rank, alpha, dropout, targets), fixed by its first
+        # expert: a reloaded state re-injects every adapter with it.
+        self.lora_settings: dict[str, Any] | None = None
 
     def add_expert(self, encoder: TransformerEncoder, ctx: UpdateContext) -> list[nn.Parameter]:
+        settings = dataclasses.asdict(self.params.settings())
+        settings["target_modules"] = list(settings["target_modules"])  # as JSON reads it back
+        if self.lora_settings is not None and settings != self.lora_settings:
+            changed = sorted(k for k in settings if settings[k] != self.lora_settings.get(k))
+            raise ConfigError(
+                f"LoRA {', '.join(changed)} differ from this lineage's ({self.lora_settings}); "
+                "keep them, or start a new lineage to change them"
+            )
+        self.lora_settings = settings
         name = adapter_name(len(self.adapters))
         # A's initial values come from the global RNG, which the engine seeds per update.
         lora.add_adapter(encoder.model, name, self.params.settings())
@@ -99,35 +112,52 @@ class LoraExperts(RoutedExperts):
         lora.activate(encoder.model, None)
 
     def expert_tensors(self) -> dict[str, Tensor]:
-        return {
-            f"{LORA_PREFIX}{task}.{key}": value
-            for task, tensors in enumerate(self.adapters)
-            for key, value in tensors.items()
-        }
+        return adapters_to_tensors(self.adapters)
 
-    def load_experts(self, tensors: dict[str, Tensor], count: int) -> None:
-        adapters: list[dict[str, Tensor]] = [{} for _ in range(count)]
-        for key, value in tensors.items():
-            if not key.startswith(LORA_PREFIX):
-                continue
-            task, _, rest = key[len(LORA_PREFIX) :].partition(".")
-            if not task.isdigit() or int(task) >= count:
-                raise StateCorruptError(f"method state has a LoRA entry {key!r} of no expert")
-            adapters[int(task)][rest] = value.clone()
-        if any(not a for a in adapters):
-            raise StateCorruptError(
-                f"method state lacks the LoRA tensors of some of {count} experts"
-            )
-        self.adapters = adapters
+    def state_json(self) -> dict[str, Any]:
+        return {**super().state_json(), "lora_settings": self.lora_settings}
+
+    def load_experts(self, tensors: dict[str, Tensor], count: int, data: dict[str, Any]) -> None:
+        self.adapters = adapters_from_tensors(tensors, count)
+        self.lora_settings = data.get("lora_settings")
 
     def attach(self, model: nn.Module) -> None:
-        if not self.adapters:
-            return
-        encoder = find_encoder(model, self.name)
-        present = set(lora.adapter_names(encoder.model))
-        for task, tensors in enumerate(self.adapters):
-            if adapter_name(task) not in present:
-                lora.load_adapter(
-                    encoder.model, adapter_name(task), self.params.settings(), tensors
-                )
-        lora.activate(encoder.model, None)
+        if self.adapters:
+            attach_adapters(find_encoder(model, self.name), self.adapters, self.params.settings())
+
+
+# The state of a list of finished adapters (their CPU tensors), shared with l2l's LoRA pool.
+def adapters_to_tensors(adapters: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """State tensors ``lora.<i>.<key>`` of adapters ``adapter_name(i)``."""
+    return {
+        f"{LORA_PREFIX}{task}.{key}": value
+        for task, tensors in enumerate(adapters)
+        for key, value in tensors.items()
+    }
+
+
+def adapters_from_tensors(tensors: dict[str, Tensor], count: int) -> list[dict[str, Tensor]]:
+    """``count`` adapters' tensors from ``adapters_to_tensors``' output."""
+    adapters: list[dict[str, Tensor]] = [{} for _ in range(count)]
+    for key, value in tensors.items():
+        if not key.startswith(LORA_PREFIX):
+            continue
+        task, _, rest = key[len(LORA_PREFIX) :].partition(".")
+        if not task.isdigit() or int(task) >= count:
+            raise StateCorruptError(f"method state has a LoRA entry {key!r} of no expert")
+        adapters[int(task)][rest] = value.clone()
+    if any(not a for a in adapters):
+        raise StateCorruptError(f"method state lacks the LoRA tensors of some of {count} experts")
+    return adapters
+
+
+def attach_adapters(
+    encoder: TransformerEncoder, adapters: list[dict[str, Tensor]], settings: LoraSettings
+) -> None:
+    """Inject the saved adapters (``adapter_name(i)``) the encoder lacks, bit for bit; none
+    is left active."""
+    present = set(lora.adapter_names(encoder.model))
+    for task, tensors in enumerate(adapters):
+        if adapter_name(task) not in present:
+            lora.load_adapter(encoder.model, adapter_name(task), settings, tensors)
+    lora.activate(encoder.model, None)

@@ -113,6 +113,7 @@ class RoutedExperts(Method):
         self.heads = TaskHeads()
         self.prototypes = TaskPrototypes()
         self.training_task: int | None = None  # the expert this update trains
+        self.routing: str | None = None  # the lineage's routing features, fixed by task 0
         self._training: list[nn.Parameter] = []  # its parameters the method owns
 
     @property
@@ -156,11 +157,18 @@ class RoutedExperts(Method):
     def expert_tensors(self) -> dict[str, Tensor]:
         return {}
 
-    def load_experts(self, tensors: dict[str, Tensor], count: int) -> None:
-        """Restore ``count`` experts from ``expert_tensors``' output."""
+    def load_experts(self, tensors: dict[str, Tensor], count: int, data: dict[str, Any]) -> None:
+        """Restore ``count`` experts from ``expert_tensors``' output (and ``state_json``'s)."""
 
     # -- engine hooks ----------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module, ctx: UpdateContext) -> None:
+        if self.routing is not None and self.params.routing != self.routing:
+            raise ConfigError(
+                f"routing={self.params.routing} differs from this lineage's routing="
+                f"{self.routing}, whose features built the earlier tasks' prototypes; keep it, "
+                "or start a new lineage to change it"
+            )
+        self.routing = self.params.routing
         encoder = find_encoder(model, self.name)
         task = self.experts
         self.heads.add(encoder.hidden_size, ctx.chunk_classes, ctx.generator)
@@ -255,9 +263,14 @@ class RoutedExperts(Method):
         }
 
     def state_json(self) -> dict[str, Any]:
-        return {"experts": self.experts, "head_classes": self.heads.classes}
+        return {
+            "experts": self.experts,
+            "head_classes": self.heads.classes,
+            "routing": self.routing,
+        }
 
     def load_state(self, tensors: dict[str, Tensor], data: dict[str, Any]) -> None:
         self.heads.load_tensors(tensors, "head.", data.get("head_classes", []))
         self.prototypes.load_tensors(tensors, "prototypes.")
-        self.load_experts(tensors, int(data.get("experts", 0)))
+        self.routing = data.get("routing")
+        self.load_experts(tensors, int(data.get("experts", 0)), data)

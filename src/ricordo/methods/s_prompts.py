@@ -78,6 +78,12 @@ class SPrompts(RoutedExperts):
     def add_expert(self, encoder: TransformerEncoder, ctx: UpdateContext) -> list[nn.Parameter]:
         if self.prompts is None:
             self.prompts = PromptSets(self.params.prompt_length, encoder.hidden_size)
+        elif self.prompts.length != self.params.prompt_length:
+            raise ConfigError(
+                f"prompt_length={self.params.prompt_length} differs from this lineage's "
+                f"{self.prompts.length} (its prompt sets run in one batch); keep it, or start "
+                "a new lineage to change it"
+            )
         index = self.prompts.add(self.params.prompt_init, ctx.generator)
         self.prompts.to(ctx.device)  # before the optimizer sees the new prompt set
         return [self.prompts.sets[index]]
@@ -100,7 +106,7 @@ class SPrompts(RoutedExperts):
     def expert_tensors(self) -> dict[str, Tensor]:
         return {} if self.prompts is None else self.prompts.state_tensors(PROMPT_PREFIX)
 
-    def load_experts(self, tensors: dict[str, Tensor], count: int) -> None:
+    def load_experts(self, tensors: dict[str, Tensor], count: int, data: dict[str, Any]) -> None:
         if count == 0:
             self.prompts = None
             return

@@ -35,7 +35,8 @@ def kmeans_centroids(features: Tensor, k: int, seed: int = 0) -> Tensor:
         raise DataError(f"k-means needs features (N, D) with N >= 1, got {tuple(features.shape)}")
     data = features.detach().to("cpu", torch.float32)
     clusters = min(int(k), len(torch.unique(data, dim=0)))
-    model = KMeans(n_clusters=clusters, random_state=seed, n_init=KMEANS_N_INIT)
+    # sklearn takes a 32-bit random state; --seed may be up to 2**63 - 1.
+    model = KMeans(n_clusters=clusters, random_state=seed % 2**32, n_init=KMEANS_N_INIT)
     model.fit(data.numpy())
     return torch.from_numpy(model.cluster_centers_).to(torch.float32)
 
