@@ -43,6 +43,7 @@ from ricordo.models import (
     resolve_code,
 )
 from ricordo.models.backbone import (
+    BackboneClassifier,
     bind_backbone,
     is_backbone_spec,
     load_saved_weights,
@@ -365,13 +366,14 @@ class Updater:
         return record
 
     def _snapshot(self) -> tuple[Any, ...]:
-        return (
-            copy.deepcopy(self.model),
-            copy.deepcopy(self.model_spec),
-            copy.deepcopy(self.method),
-            list(self.seen_classes),
-            copy.deepcopy(self.history),
+        # One memo for the whole copy: a method that refers to the model refers to the copy.
+        # A frozen pretrained encoder is shared, not copied (hundreds of MB for a ViT-B): no
+        # update changes a tensor that does not require grad under it (see _frozen_tensors).
+        memo: dict[int, Any] = {id(t): t for t in _frozen_tensors(self.model)}
+        model, spec, method, history = copy.deepcopy(
+            (self.model, self.model_spec, self.method, self.history), memo
         )
+        return model, spec, method, list(self.seen_classes), history
 
     def _restore(self, snapshot: tuple[Any, ...]) -> None:
         self.model, self.model_spec, self.method, self.seen_classes, self.history = snapshot
@@ -666,6 +668,18 @@ class Updater:
                 f"{str(error).splitlines()[0] if str(error) else ''}",
             ) from None
         return updater
+
+
+def _frozen_tensors(model: nn.Module | None) -> list[Tensor]:
+    """The parameters and buffers of a frozen pretrained encoder in ``model`` that do not
+    require grad: its pretrained weights, and adapters of earlier experts, which no update
+    changes. Empty for every other model (a method may update a no-grad tensor in place,
+    e.g. an EMA copy, so only the encoder's are trusted to stay as they are)."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(model, BackboneClassifier) or getattr(encoder, "trainable", True):
+        return []
+    assert encoder is not None
+    return [t for t in (*encoder.parameters(), *encoder.buffers()) if not t.requires_grad]
 
 
 def _copy_module(module: nn.Module) -> nn.Module:
