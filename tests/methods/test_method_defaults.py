@@ -82,6 +82,28 @@ SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
         "Renate's defaults",
         {"memory_batch_size": None, "loss_weight_new_data": None},
     ),
+    # iamwangyabin/S-Prompts: prompt_length 10 (nn.Linear holder), KMeans(n_clusters=5,
+    # random_state=0), L1 nearest centroid (methods/sprompt.py), CosineAnnealingLR.
+    "s-prompts": (
+        "the official S-Prompts code",
+        {
+            "prompt_length": 10,
+            "prompt_init": "linear",
+            "clusters": 5,
+            "distance": "l1",
+            "schedule": "cosine",
+            "routing": "frozen",
+        },
+    ),
+    # CoLoR / S-LoRA (values unverified in the papers): Renate's SPeft routing, peft's LoRA.
+    "color": (
+        "Renate's SPeft routing",
+        {"clusters": 5, "distance": "l2", "rank": 8, "alpha": 8.0, "dropout": 0.0},
+    ),
+    "s-lora": (
+        "Renate's SPeft",
+        {"clusters": 5, "distance": "l2", "rank": 8, "alpha": 8.0, "dropout": 0.0},
+    ),
     # Renate's RepeatedDistillationModelUpdater trains the consolidation for max_epochs at lr.
     "rd": (
         "Renate's RepeatedDistillationModelUpdater",

@@ -11,9 +11,10 @@ adapter. The adapters live in the backbone while the lineage runs; the state hol
 safetensors, not the backbone) and puts them back into the reloaded backbone. Requires
 ``--backbone``.
 
-CoLoR's rank, scale and adapted matrices are not verified against the paper (methods.md §1.6):
-the defaults are peft's LoraConfig (r 8, alpha 8) on the query and value projections (LoRA's own
-choice, Hu et al. 2021); K = 5 and the L2 distance are Renate's SPeft, which CoLoR extends.
+Defaults: CoLoR's rank, scale and adapted matrices are not verified against the paper
+(methods.md §1.6), so they are peft's LoraConfig defaults (r 8, alpha 8, dropout 0) on the query
+and value projections (LoRA's own choice, Hu et al. 2021); K = 5 prototypes and the L2 distance
+are Renate's SPeft (CoLoR's authors' S-Prompts implementation, which CoLoR extends).
 """
 
 from __future__ import annotations

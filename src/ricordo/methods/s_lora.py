@@ -6,6 +6,10 @@ It is the CoLoR recipe (``ricordo.methods.color``) under the name the PEFT-choic
 so benchmark tables can use the paper's names: same algorithm, same defaults. ``routing
 first-task`` is that paper's S-LoRA++ (the routing features come from the backbone adapted on
 the first task). Requires ``--backbone``.
+
+Defaults: those of ``color`` (the PEFT-choice paper's numbers could not be checked, methods.md
+§2.3): peft's LoraConfig (r 8, alpha 8) on the query and value projections, Renate's SPeft routing
+(5 k-means prototypes per task, L2).
 """
 
 from __future__ import annotations

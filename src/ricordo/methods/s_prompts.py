@@ -7,6 +7,12 @@ routing and the two settings (domain- and class-incremental) are described in
 ``ricordo.methods.routed``. A mixed batch runs in one forward pass: each row gets its task's
 prompts. Requires ``--backbone``.
 
+Defaults: the official S-Prompts code (iamwangyabin/S-Prompts, models/sinet.py and
+methods/sprompt.py): 10 prompt tokens per domain held by an nn.Linear (hence the "linear"
+initialisation), KMeans(n_clusters=5, random_state=0) on normalised frozen features, the L1
+distance to the centroids, cosine annealing of the learning rate over the epochs. Renate's SPeft
+uses the L2 distance and U(-1, 1) prompts instead (``distance=l2 prompt_init=uniform``).
+
 The official configs train with SGD momentum 0.9, lr 0.01 (cosine over the epochs, the default
 ``schedule``), batch 128, weight decay 2e-4 (5e-4 on the first task), 10-30 epochs per domain:
 ``--optimizer sgd --momentum 0.9 --lr 0.01 --weight-decay 2e-4 --batch-size 128``.
