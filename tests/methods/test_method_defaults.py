@@ -104,6 +104,26 @@ SOURCES: dict[str, tuple[str, dict[str, Any]]] = {
         "Renate's SPeft",
         {"clusters": 5, "distance": "l2", "rank": 8, "alpha": 8.0, "dropout": 0.0},
     ),
+    # Renate's LearningToPromptTransformer (pool_size 10, pool_selection_size 5, prompt_size 5,
+    # prompts/keys U(-1, 1), patch_pooler prompt_mean) and Learner (prompt_sim_loss_weight 0.5);
+    # the official L2P code's train_mask.
+    "l2p": (
+        "Renate's LearningToPromptTransformer",
+        {
+            "pool_size": 10,
+            "top_n": 5,
+            "prompt_length": 5,
+            "key_loss_weight": 0.5,
+            "prompt_init": "uniform",
+            "pooling": "prompts",
+            "train_mask": True,
+        },
+    ),
+    # L2L (no public code): l2p's retrieval with peft's LoRA defaults, as color and s-lora.
+    "l2l": (
+        "Renate's L2P",
+        {"pool_size": 10, "top_n": 5, "key_loss_weight": 0.5, "rank": 8, "alpha": 8.0},
+    ),
     # Renate's RepeatedDistillationModelUpdater trains the consolidation for max_epochs at lr.
     "rd": (
         "Renate's RepeatedDistillationModelUpdater",

@@ -13,6 +13,8 @@ from ricordo.methods import (  # noqa: F401  (registration side effects)
     gdumb,
     icarl,
     joint,
+    l2l,
+    l2p,
     lwf,
     offline_er,
     pod_er,

@@ -55,8 +55,11 @@ class PromptSets(nn.Module):
         return torch.stack(list(self.sets))
 
     def for_rows(self, tasks: Tensor) -> Tensor:
-        """The prompt set of each row's task: (N, length, dim) for ``tasks`` (N,)."""
-        return self.stacked()[tasks.to(self.sets[0].device)]
+        """The prompt set of each row's task: (N, length, dim) for ``tasks`` (N,); or, for
+        ``tasks`` (N, K) (K sets per row, L2P's selected pool entries), the K sets of each row
+        concatenated along the tokens: (N, K * length, dim)."""
+        chosen = self.stacked()[tasks.to(self.sets[0].device)]
+        return chosen.flatten(1, 2) if tasks.dim() == 2 else chosen
 
     def repeat(self, index: int, rows: int) -> Tensor:
         """Prompt set ``index`` for every one of ``rows`` rows: (rows, length, dim)."""
