@@ -612,7 +612,8 @@ def evaluate(
         int | None,
         typer.Option(
             help="The update (task, from 0) the data comes from: methods that route rows to "
-            "task experts (s-prompts, s-lora, color) also report the share routed to it."
+            "task experts (s-prompts, s-lora, color) also report the share routed to it; "
+            "pool methods (l2p, l2l) the share whose selected entries that update used most."
         ),
     ] = None,
 ) -> None:

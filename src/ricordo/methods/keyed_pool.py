@@ -56,13 +56,11 @@ class PoolParams:
 
     pool_size: int = field(
         default=10,
-        metadata={"doc": "Pool entries M (L2P paper and Renate: 10)."},
+        metadata={"doc": "Pool entries M (Renate and the official L2P configs: 10)."},
     )
     top_n: int = field(
         default=5,
-        metadata={
-            "doc": "Entries N each row selects (L2P paper and Renate: 5; official configs 4)."
-        },
+        metadata={"doc": "Entries N each row selects (Renate: 5; the official L2P configs: 4)."},
     )
     key_loss_weight: float = field(
         default=0.5,

@@ -45,13 +45,13 @@ PROMPT_PREFIX = "prompt."
 class L2PParams(PoolParams):
     prompt_length: int = field(
         default=5,
-        metadata={"doc": "Tokens L of each pool prompt (L2P paper and Renate: 5)."},
+        metadata={"doc": "Tokens L of each pool prompt (Renate: 5; official L2P configs 5-10)."},
     )
     prompt_init: str = field(
         default="uniform",
         metadata={
-            "doc": "Initial prompts: uniform, U(-1, 1) as Renate's PromptPool and the official "
-            "PyTorch port; or linear, U(±1/sqrt(width))."
+            "doc": "Initial prompts: uniform, U(-1, 1) as Renate's PromptPool; or linear, "
+            "U(±1/sqrt(width))."
         },
     )
     pooling: str = field(

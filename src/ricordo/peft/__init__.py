@@ -12,6 +12,9 @@ One concept per module, shared by the methods that train small parts of a frozen
   expert, run each group, scatter the results back in row order).
 - ``heads``: one linear classifier per task over that task's classes, whose logits are placed
   at the classes' ids in the model's output width.
+- ``pool``: learned keys of a pool of entries (L2P's prompts, L2L's adapters), top-N retrieval
+  by cosine similarity to a frozen query, L2P's batch-wise vote and key-matching loss, and the
+  selection counts per update that identify which update a row's entries belong to.
 
 Everything here is plain tensors and small modules: a method owns them (never the model), saves
 them through ``state_tensors``/``state_json`` (safetensors + JSON) and restores them bit for bit.
