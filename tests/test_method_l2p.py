@@ -305,3 +305,29 @@ def test_the_pool_shape_is_fixed_for_a_lineage(tiny_vit_path: str) -> None:
     assert updater.updates == 1 and updater.method.params.pool_size == 10  # undone
     updater.update(images(0.6, 16, 1), params={"top_n": 3, "batchwise": "never"})  # free
     assert updater.updates == 2
+
+
+@pytest.mark.parametrize("method", ["l2p", "l2l"])
+def test_a_lazy_chunk_trains_exactly_like_the_same_chunk_in_memory(
+    method: str, tiny_vit_path: str
+) -> None:
+    """The pool methods read nothing of the chunk but its batches, so they stream (--lazy)."""
+    from torch.utils.data import Dataset
+
+    from ricordo.data import LazyDataset
+
+    class Rows(Dataset):
+        def __init__(self, data: ArrayDataset) -> None:
+            self.data = data
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __getitem__(self, i: int) -> tuple[Tensor, int]:
+            return self.data.x[i], int(self.data.y[i])
+
+    chunk = images(0.1, 16, 0)
+    eager, lazy = vit_updater(method, tiny_vit_path), vit_updater(method, tiny_vit_path)
+    eager.update(chunk)
+    lazy.update(LazyDataset(Rows(chunk)))
+    assert torch.equal(eager.predict_logits(chunk.x), lazy.predict_logits(chunk.x))

@@ -110,6 +110,8 @@ class KeyedPool(Method):
     """
 
     needs_backbone = True
+    # No hook reads the chunk as a whole (no memory, no prototypes): a lazy chunk streams.
+    supports_lazy_data = True
 
     def __init__(self, params: Any, memory: Any) -> None:
         super().__init__(params, memory)
