@@ -407,8 +407,10 @@ class Updater:
     @torch.no_grad()
     def predict_routed(self, x: Any, batch_size: int = 1024) -> tuple[Tensor, Tensor | None]:
         """Logits (N, classes) and, for a method that routes each row to one task's expert
-        (s-prompts, s-lora, color), the task id (N,) it chose per row; None for other methods.
-        Benchmarks compare those ids with the true task to log task-identification accuracy."""
+        (s-prompts, s-lora, color), the task id (N,) it chose per row (pool methods l2p, l2l:
+        the update whose training used the row's selected entries most); None for other
+        methods. Benchmarks compare those ids with the true task to log task-identification
+        accuracy."""
         model = self._require_model()
         inputs = self._inference_inputs(x)
         ctx = self._inference_context(model)
@@ -454,7 +456,8 @@ class Updater:
         -inf; rows of other classes count as wrong and leave the loss), e.g. a chunk's classes
         for task-incremental evaluation where the task id is known. ``task``: the update
         (task) the data comes from; for a method that routes rows to task experts (s-prompts,
-        s-lora, color) the result adds ``task_id_accuracy``, the share of rows routed to it.
+        s-lora, color; or to pool entries: l2p, l2l) the result adds ``task_id_accuracy``,
+        the share of rows routed to it.
         """
         model = self._require_model()
         if isinstance(data, LazyDataset):  # read in order, untransformed

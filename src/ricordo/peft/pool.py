@@ -46,7 +46,9 @@ class PoolKeys(nn.Module):
 
     def key_loss(self, query: Tensor, ids: Tensor) -> Tensor:
         """L2P's surrogate loss: the mean over rows of sum over the row's selected keys of
-        (1 - cos(query, key)); its gradient moves only the selected keys (the query is frozen)."""
+        (1 - cos(query, key)); its gradient moves only the selected keys (the query is frozen).
+        Renate instead sums every row's similarity to every row's selected keys over B**2,
+        which is the same only when all rows select the same keys (the batch-wise vote)."""
         keys = F.normalize(self.keys.float(), dim=1)[ids.to(self.keys.device)]  # (B, N, D)
         query = F.normalize(query.detach().float(), dim=1).unsqueeze(1)  # (B, 1, D)
         return (1.0 - (keys * query).sum(dim=2)).sum(dim=1).mean()
