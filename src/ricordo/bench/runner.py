@@ -2,7 +2,8 @@
 
 The results (``results.json``) hold the class-incremental accuracy matrix and its metrics, the
 task-incremental view of the same run when it is meaningful (``task_il``), the size of every test
-chunk, and per-update cost: seconds of training and evaluation, steps, peak memory.
+chunk, and per-update cost: seconds of training and evaluation, steps, trainable parameters,
+peak memory.
 
 ``evaluated_on`` says what the "test" chunks were: ``"test"``, or ``"validation"`` when the
 scenario came from ``ricordo benchmark --validation F`` (rows held out from the training chunks;
@@ -120,6 +121,8 @@ def run_benchmark(
                 "train_seconds": round(t1 - t0, 4),
                 "eval_seconds": round(t2 - t1, 4),
                 "train_steps": chunk_steps,
+                # Parameters the update trained (a routed method: its new expert and head).
+                "trainable_parameters": record["train"].get("trainable_parameters"),
                 "peak_rss_mb": peak_rss_mb(),
                 "peak_cuda_mb": _mb(torch.cuda.max_memory_allocated()) if uses_cuda else None,
                 "state_mb": _mb(state_nbytes(updater)),
