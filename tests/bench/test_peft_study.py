@@ -224,3 +224,26 @@ def test_gpu_study_refuses_without_cuda_and_dry_run_resolves_every_run(tmp_path:
     assert experiment["seeds"] == [0, 1] and experiment["updates"] == 10
     assert sorted(experiment["scenario_options"]["class_order"]) == list(range(100))
     assert experiment["scenario_options"]["class_order"][:5] == [68, 56, 78, 8, 23]
+
+
+def test_text_domains_example_runs_on_a_tiny_backbone(tiny_bert: str, tmp_path: Path) -> None:
+    example = BENCHMARKS.parent / "examples" / "text_domains.py"
+    done = subprocess.run(
+        [sys.executable, str(example), tiny_bert],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "headlines",
+        "chat",
+        "reviews",
+        "finetune",
+        "s-lora",
+    ]
+    assert "task identification" in lines[-1] and "task identification" not in lines[-2]
+    assert sorted(p.name for p in (tmp_path / "text-domains").iterdir())[0] == "scenario.json"
