@@ -28,6 +28,7 @@ from ricordo.config import LINEAGE_FIELDS, UpdateConfig
 from ricordo.data.dataset import ArrayDataset
 from ricordo.data.lazy import LazyDataset
 from ricordo.data.loaders import load_data, load_features
+from ricordo.engine.checkpoint import EpochEnd, UpdateCheckpoint, load_checkpoint
 from ricordo.engine.evaluate import evaluate_logits, input_dtype
 from ricordo.engine.loop import TrainReport, train_update
 from ricordo.errors import ConfigError, DataError, RicordoError, StateCorruptError, StateError
@@ -214,11 +215,23 @@ class Updater:
             self.model_spec["feature_names"] = list(chunk.feature_names)
 
     # -- the update ----------------------------------------------------------------------------
-    def update(self, data: Any, y: Any = None, **overrides: Any) -> dict[str, Any]:
+    def update(
+        self,
+        data: Any,
+        y: Any = None,
+        *,
+        on_epoch_end: Callable[[EpochEnd], None] | None = None,
+        resume_from: str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> dict[str, Any]:
         """Train on a new chunk; on any error the Updater is left exactly as before.
 
         ``overrides`` change training options (lr, epochs, ...) from this update on; the fields
         that define the lineage (model, method, memory) cannot change.
+
+        ``on_epoch_end(EpochEnd)`` is called after each epoch; its ``save(folder)`` writes a
+        mid-update checkpoint. ``resume_from`` such a folder (same state, chunk and options):
+        the update continues after the checkpoint's epoch, bit for bit as if uninterrupted.
 
         ``data`` larger than memory: a ``LazyDataset``, or a map-style torch ``Dataset`` (not a
         ``TensorDataset``), is read batch by batch through a DataLoader (``data_workers``
@@ -231,7 +244,8 @@ class Updater:
             self.config = self._with_overrides(overrides)
         snapshot = self._snapshot()
         try:
-            return self._update(chunk)
+            resume = None if resume_from is None else load_checkpoint(resume_from)
+            return self._update(chunk, on_epoch_end, resume)
         except BaseException:
             self._restore(snapshot)
             # A refused params override is undone too (the snapshot holds the new params).
@@ -323,7 +337,12 @@ class Updater:
                     f"{expected}; reshape the data to match the first chunk"
                 )
 
-    def _update(self, chunk: ArrayDataset | LazyDataset) -> dict[str, Any]:
+    def _update(
+        self,
+        chunk: ArrayDataset | LazyDataset,
+        on_epoch_end: Callable[[EpochEnd], None] | None = None,
+        resume: UpdateCheckpoint | None = None,
+    ) -> dict[str, Any]:
         self._check_chunk(chunk)
         index = self.updates
         generator = torch.Generator().manual_seed(_derive_seed(self.config.seed, index))
@@ -347,7 +366,9 @@ class Updater:
         # lineage gives the same numbers whether or not it was saved and reloaded in between.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_derive_seed(self.config.seed, index) + 1)
-            report: TrainReport = train_update(self.model, self.method, chunk, ctx)
+            report: TrainReport = train_update(
+                self.model, self.method, chunk, ctx, on_epoch_end=on_epoch_end, resume=resume
+            )
         self.model.to("cpu")
         self.seen_classes = seen
         record = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager as ContextManager
@@ -17,6 +18,13 @@ from ricordo.config import UpdateConfig
 from ricordo.data.dataset import ArrayDataset
 from ricordo.data.lazy import EpochOrder, LazyDataset, loaded, training_transform
 from ricordo.engine.backend import make_backend, resolve_threads
+from ricordo.engine.checkpoint import (
+    EarlyStopping,
+    EpochEnd,
+    UpdateCheckpoint,
+    restore_checkpoint,
+    write_checkpoint,
+)
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
@@ -112,13 +120,22 @@ def train_update(
     method: Method,
     data: Chunk,
     ctx: UpdateContext,
+    *,
+    on_epoch_end: Callable[[EpochEnd], None] | None = None,
+    resume: UpdateCheckpoint | None = None,
 ) -> TrainReport:
-    """Run the configured epochs of one update; the method supplies the loss of each step."""
+    """Run the configured epochs of one update; the method supplies the loss of each step.
+
+    ``on_epoch_end`` is called after each epoch (after validation) with an :class:`EpochEnd`
+    that can score the model and save a checkpoint. ``resume``: a checkpoint of this same update
+    (``engine.checkpoint``): training continues after its last epoch, exactly as if it had not
+    stopped (tuning trials that a scheduler pauses).
+    """
     config = ctx.config
     shape = (len(data), *data.feature_shape)
     threads = resolve_threads(config.threads, model, shape, config.batch_size)
     with cpu_threads(threads):
-        return _train_update(model, method, data, ctx)
+        return _train_update(model, method, data, ctx, on_epoch_end, resume)
 
 
 def _train_update(
@@ -126,6 +143,8 @@ def _train_update(
     method: Method,
     data: Chunk,
     ctx: UpdateContext,
+    on_epoch_end: Callable[[EpochEnd], None] | None = None,
+    resume: UpdateCheckpoint | None = None,
 ) -> TrainReport:
     config = ctx.config
     # torch.optim imports torch._dynamo on the first step (1-3 s once per process); import it
@@ -156,17 +175,51 @@ def _train_update(
     batches = _batch_source(iterate, ctx)
     steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
     epochs = method.epochs(iterate, ctx)
-    best_accuracy, best_state, bad_epochs = -1.0, None, 0
-    best_extra: list[torch.Tensor] = []
+    stopping = EarlyStopping()
 
     total = ctx.total_steps = steps_per_epoch * epochs
     guard = DivergenceGuard(ctx.update_index, config.lr)
+    start_epoch = 0
+    if resume is not None:  # after the set-up above, which drew from the generator as before
+        start_epoch = restore_checkpoint(
+            resume,
+            model=model,
+            optimizer=optimizer,
+            method=method,
+            ctx=ctx,
+            report=report,
+            guard=guard,
+            stopping=stopping,
+        )
+
+    def evaluate(chunk: Chunk) -> dict[str, float]:
+        return evaluate_logits(
+            lambda x: method.predict(x, ctx),
+            chunk,
+            config.batch_size * 4,
+            backend.device,
+            wrapped,
+            workers=config.data_workers,
+        )
+
+    def save(directory: str | os.PathLike[str]) -> None:
+        write_checkpoint(
+            directory,
+            model=model,
+            optimizer=optimizer,
+            method=method,
+            ctx=ctx,
+            report=report,
+            guard=guard,
+            stopping=stopping,
+        )
+
     description = f"update {ctx.update_index} ({method.name})"
     with (
         Progress(total, description, enabled=config.progress) as progress,
         open_loggers(config.logger, ctx.update_index, config.to_dict()) as logs,
     ):
-        for epoch in range(epochs):
+        for epoch in range(start_epoch, epochs):
             epoch_loss, epoch_steps = 0.0, 0  # the epoch's mean loss, for progress and loggers
             for group in optimizer.param_groups:  # the method's schedule (default: --lr)
                 group["lr"] = method.learning_rate(epoch, epochs, config.lr)
@@ -194,14 +247,7 @@ def _train_update(
             report.epochs = epoch + 1
             accuracy: float | None = None
             if val_data is not None:
-                accuracy = evaluate_logits(
-                    lambda x: method.predict(x, ctx),
-                    val_data,
-                    config.batch_size * 4,
-                    backend.device,
-                    wrapped,
-                    workers=config.data_workers,
-                )["accuracy"]
+                accuracy = evaluate(val_data)["accuracy"]
                 report.val_accuracy.append(accuracy)
             # Reported before early stopping may end the loop: the last epoch gets its line too.
             mean_loss = epoch_loss / max(epoch_steps, 1)
@@ -216,22 +262,26 @@ def _train_update(
                     "val_accuracy": accuracy,
                 },
             )
+            stop = False
             if accuracy is not None:
-                if accuracy > best_accuracy:
-                    best_accuracy, bad_epochs = accuracy, 0
+                if accuracy > stopping.best_accuracy:
+                    stopping.best_accuracy, stopping.bad_epochs = accuracy, 0
                     report.best_epoch = epoch
                     if config.patience is not None:
-                        best_state = copy.deepcopy(model.state_dict())
-                        best_extra = [p.detach().clone() for p in extra]
+                        stopping.best_state = copy.deepcopy(model.state_dict())
+                        stopping.best_extra = [p.detach().clone() for p in extra]
                 else:
-                    bad_epochs += 1
-                    if config.patience is not None and bad_epochs >= config.patience:
-                        break
-    if best_state is not None:
+                    stopping.bad_epochs += 1
+                    stop = config.patience is not None and stopping.bad_epochs >= config.patience
+            if on_epoch_end is not None:
+                on_epoch_end(EpochEnd(epoch + 1, epochs, mean_loss, accuracy, evaluate, save))
+            if stop:
+                break
+    if stopping.best_state is not None:
         # Early stopping restores the weights of the best validation epoch.
-        model.load_state_dict(best_state)
+        model.load_state_dict(stopping.best_state)
         with torch.no_grad():  # and the method's own trained parameters of that epoch
-            for parameter, saved in zip(extra, best_extra, strict=True):
+            for parameter, saved in zip(extra, stopping.best_extra, strict=True):
                 parameter.copy_(saved)
     ctx.model = model
     ctx.train_classes = None
