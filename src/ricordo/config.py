@@ -73,6 +73,12 @@ class UpdateConfig:
     epochs: int = 10
     val_fraction: float = 0.0
     patience: int | None = None
+    # Held-out evaluation rows kept in the state (ricordo.gate.holdout): this share of each
+    # chunk, at most holdout_max rows of it, seeded, never trained on, carried across updates;
+    # what the regression gate (--gate) compares old and new models on. Off by default: a
+    # default share would train every existing lineage on fewer rows and change its results.
+    holdout: float = 0.0
+    holdout_max: int = 500
     augment: str | None = None  # training-batch augmentation spec, e.g. "crop:4,flip"
     seed: int = 0
     # Where it runs.
@@ -166,7 +172,18 @@ class UpdateConfig:
             self.val_fraction,
             "a value in [0, 1)",
         )
-        for name, low in (("batch_size", 1), ("epochs", 1), ("memory_size", 0)):
+        _check(
+            _finite(self.holdout) and 0 <= self.holdout < 1,
+            "holdout",
+            self.holdout,
+            "a share of each chunk in [0, 1), such as 0.1 (0: keep no held-out rows)",
+        )
+        for name, low in (
+            ("batch_size", 1),
+            ("epochs", 1),
+            ("memory_size", 0),
+            ("holdout_max", 1),
+        ):
             value = getattr(self, name)
             _check(_is_int(value) and value >= low, name, value, f"an integer >= {low}")
         _check(

@@ -47,3 +47,14 @@ class ModelCodeError(StateError):
 class TrainingDivergedError(RicordoError):
     """The loss became NaN or infinite, or diverged (see engine.loop.DivergenceGuard); no state
     was written."""
+
+
+class UpdateRejectedError(RicordoError):
+    """The regression gate refused an update (``ricordo.gate``). ``result`` is its verdict
+    (a GateResult) and ``candidate`` the refused Updater, which the caller may save aside for
+    inspection; the Updater that ran the update is left exactly as before."""
+
+    def __init__(self, message: str, result: object = None, candidate: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+        self.candidate = candidate

@@ -31,7 +31,16 @@ from ricordo.data.loaders import load_data, load_features
 from ricordo.engine.checkpoint import EpochEnd, UpdateCheckpoint, load_checkpoint
 from ricordo.engine.evaluate import evaluate_logits, input_dtype
 from ricordo.engine.loop import TrainReport, train_update
-from ricordo.errors import ConfigError, DataError, RicordoError, StateCorruptError, StateError
+from ricordo.errors import (
+    ConfigError,
+    DataError,
+    RicordoError,
+    StateCorruptError,
+    StateError,
+    UpdateRejectedError,
+)
+from ricordo.gate.check import Gate, GateResult, compare_predictions, judge, nothing_to_compare
+from ricordo.gate.holdout import HOLDOUT_FILE, HeldOut, split_holdout
 from ricordo.memory import TensorMemory
 from ricordo.methods import METHODS, Method, UpdateContext, params_to_dict, parse_params
 from ricordo.models import (
@@ -53,7 +62,7 @@ from ricordo.models.backbone import (
 )
 from ricordo.models.code import ModelSource, resolve_model_argument
 from ricordo.models.spec import code_reference, recorded_code
-from ricordo.state import LoadedState, read_state, state_changed, write_state
+from ricordo.state import LoadedState, read_state, resolve_alias, state_changed, write_state
 from ricordo.state.fs import same_location
 
 log = logging.getLogger(__name__)
@@ -106,6 +115,8 @@ class Updater:
         self.seen_classes: list[int] = []
         self.history: list[dict[str, Any]] = []
         self.source_url: str | None = None
+        # Rows of earlier chunks never trained on (config.holdout > 0): what a gate compares on.
+        self.holdout = HeldOut.empty()
         memory = self._new_memory()
         self.method: Method = method_cls(self.params, memory)
 
@@ -222,9 +233,17 @@ class Updater:
         *,
         on_epoch_end: Callable[[EpochEnd], None] | None = None,
         resume_from: str | os.PathLike[str] | None = None,
+        gate: Gate | bool | None = None,
         **overrides: Any,
     ) -> dict[str, Any]:
         """Train on a new chunk; on any error the Updater is left exactly as before.
+
+        ``gate``: a :class:`ricordo.gate.Gate` (``True``: ``Gate()``, max_regression 0.02)
+        compares the current model and the candidate on the held-out rows of earlier updates
+        (``holdout`` > 0) or on ``Gate.data``; a drop in accuracy above ``max_regression``
+        raises :class:`ricordo.errors.UpdateRejectedError`, whose ``candidate`` is the refused
+        Updater (save it aside to inspect it) and ``result`` the verdict; this Updater stays as
+        it was. The verdict (with the negative-flip rate) is the record's ``"gate"`` either way.
 
         ``overrides`` change training options (lr, epochs, ...) from this update on; the fields
         that define the lineage (model, method, memory) cannot change.
@@ -245,13 +264,71 @@ class Updater:
         snapshot = self._snapshot()
         try:
             resume = None if resume_from is None else load_checkpoint(resume_from)
-            return self._update(chunk, on_epoch_end, resume)
+            plan = self._gate_plan(gate)  # the current model's predictions, before training
+            record = self._update(chunk, on_epoch_end, resume)
+            if plan is not None:
+                self._apply_gate(plan, record)
+            return record
         except BaseException:
             self._restore(snapshot)
             # A refused params override is undone too (the snapshot holds the new params).
             self.config, self.params = previous_config, previous_params
             self.method.params = previous_params
             raise
+
+    def _gate_plan(self, gate: Gate | bool | None) -> _GatePlan | None:
+        """What the gate compares on and the current model's predictions there (None: no gate).
+        Refuses, before any training, a gate that has nothing to compare on."""
+        if gate is None or gate is False:
+            return None
+        if gate is True:
+            gate = Gate()
+        if not isinstance(gate, Gate):
+            raise ConfigError(
+                f"gate={gate!r} is invalid; pass ricordo.gate.Gate(max_regression=...), True "
+                "or None"
+            )
+        if self.model is None:
+            why = "nothing (the lineage's first update: no model to regress from)"
+            return _GatePlan(gate, None, None, nothing_to_compare(gate.max_regression, why))
+        if gate.data is not None:
+            rows = load_data(
+                gate.data, gate.y, columns=self.feature_names, tokenize=self.tokenizer
+            ).validate(name="the gate data")
+            where = "the gate data"
+        else:
+            earlier = self.holdout.before(self.updates)
+            if len(earlier) == 0:
+                raise ConfigError(
+                    "the gate has nothing to compare on: the state holds no held-out rows of "
+                    "earlier updates (they were trained with holdout 0); pass labelled gate "
+                    "data (CLI: --gate-data FILE; Python: Gate(data=...)) or keep held-out rows "
+                    "from now on (--holdout 0.1) and gate the updates after this one"
+                )
+            rows = ArrayDataset(earlier.x, earlier.y)
+            where = "held-out rows of updates " + ",".join(map(str, sorted(earlier.per_update())))
+        return _GatePlan(gate, rows, self.predict(rows.x), where)
+
+    def _apply_gate(self, plan: _GatePlan, record: dict[str, Any]) -> None:
+        """Judge the candidate (this Updater, just trained); raise UpdateRejectedError with a
+        shallow copy of it attached when the gate refuses it (update() then restores self)."""
+        if plan.rows is None:
+            assert isinstance(plan.where, GateResult)
+            result = plan.where
+        else:
+            assert plan.old is not None and isinstance(plan.where, str)
+            flips = compare_predictions(plan.old, self.predict(plan.rows.x), plan.rows.y)
+            result = judge(flips, plan.gate.max_regression, plan.where)
+        record["gate"] = result.to_dict()  # the record is the history's last entry
+        if not result.passed:
+            candidate = copy.copy(self)  # holds the trained model; self is restored from here
+            raise UpdateRejectedError(
+                f"update {record['update']} was refused: {result.summary()}; the Updater is "
+                "unchanged, the refused model is this error's candidate (save it aside to "
+                "inspect it)",
+                result=result,
+                candidate=candidate,
+            )
 
     def _with_overrides(self, overrides: dict[str, Any]) -> UpdateConfig:
         fixed = sorted(
@@ -349,6 +426,8 @@ class Updater:
         if self.model is None:
             self._build_first_model(chunk)
         assert self.model is not None and self.model_spec is not None
+        full = chunk
+        chunk, held = self._split_holdout(full, index)  # held-out rows are never trained on
         seen = sorted(set(self.seen_classes) | set(chunk.classes()))
         if self.config.num_classes is None:  # a known class count fixed the head's width
             grow_output_layer(self.model, max(seen) + 1, generator)
@@ -371,20 +450,42 @@ class Updater:
             )
         self.model.to("cpu")
         self.seen_classes = seen
-        record = {
+        self.holdout = self.holdout.add(held, index)
+        record: dict[str, Any] = {
             "update": index,
             "finished": _now(),
             "library_version": __version__,
             "data": {
                 "samples": len(chunk),
                 "classes": chunk.classes(),
-                "fingerprint": fingerprint(chunk),
+                "fingerprint": fingerprint(full),  # of the chunk as given, held-out rows included
             },
             "config": self.config.to_dict(),
             "train": report.to_dict(),
         }
+        if len(held):
+            record["data"]["held_out"] = len(held)
+        if len(self.holdout):
+            # The new model on every held-out row so far: the history's accuracy over time.
+            right = self.predict(self.holdout.x) == self.holdout.y
+            record["holdout"] = {
+                "rows": len(self.holdout),
+                "accuracy": float(right.double().mean()),
+            }
         self.history.append(record)
         return record
+
+    def _split_holdout(
+        self, chunk: ArrayDataset | LazyDataset, index: int
+    ) -> tuple[ArrayDataset | LazyDataset, ArrayDataset]:
+        """The rows to train on and the rows held out (config.holdout of the chunk, at most
+        config.holdout_max), from a seed of this update's own."""
+        seed = _derive_seed(self.config.seed, index) + 2  # +1 seeds the global RNG in training
+        train, held = split_holdout(chunk.y, self.config.holdout, self.config.holdout_max, seed)
+        if len(held) == 0:
+            return chunk, ArrayDataset(chunk.y.new_empty(0), chunk.y.new_empty(0))
+        rows = chunk.load(held) if isinstance(chunk, LazyDataset) else chunk.subset(held)
+        return chunk.subset(train), ArrayDataset(rows.x, rows.y)
 
     def _snapshot(self) -> tuple[Any, ...]:
         # One memo for the whole copy: a method that refers to the model refers to the copy.
@@ -394,10 +495,18 @@ class Updater:
         model, spec, method, history = copy.deepcopy(
             (self.model, self.model_spec, self.method, self.history), memo
         )
-        return model, spec, method, list(self.seen_classes), history
+        # The held-out set is never changed in place (add returns a new one): no copy needed.
+        return model, spec, method, list(self.seen_classes), history, self.holdout
 
     def _restore(self, snapshot: tuple[Any, ...]) -> None:
-        self.model, self.model_spec, self.method, self.seen_classes, self.history = snapshot
+        (
+            self.model,
+            self.model_spec,
+            self.method,
+            self.seen_classes,
+            self.history,
+            self.holdout,
+        ) = snapshot
 
     # -- inference -----------------------------------------------------------------------------
     def _require_model(self) -> nn.Module:
@@ -552,7 +661,9 @@ class Updater:
         }
         if self.memory is not None:
             files.update(self.memory.to_files())
-        meta = {
+        if len(self.holdout):
+            files[HOLDOUT_FILE] = self.holdout.to_bytes()
+        meta: dict[str, Any] = {
             "method": self.config.method,
             "params": params_to_dict(self.params),
             "config": self.config.to_dict(),
@@ -567,6 +678,11 @@ class Updater:
                 "size": len(self.memory),
             },
         }
+        if len(self.holdout):
+            per_update = {str(u): n for u, n in self.holdout.per_update().items()}
+            meta["holdout"] = {"rows": len(self.holdout), "per_update": per_update}
+        if self.history and "gate" in self.history[-1]:  # ricordo list marks refused ones
+            meta["gate"] = self.history[-1]["gate"]
         # A plugin's method or model is recorded with its package, so that loading the state
         # where it is missing names the package to install (ricordo.plugins).
         from ricordo.plugins import plugin_record
@@ -592,7 +708,8 @@ class Updater:
         backbone: str | None = None,
         accept_model_change: bool = False,
     ) -> Updater:
-        """Read a state written by :meth:`save`, verifying every checksum.
+        """Read a state written by :meth:`save`, verifying every checksum; ``url`` may be an
+        alias (``models/latest``, see ``ricordo.state.alias``), which is followed.
 
         A state never runs code. If its model was built by your code, pass that code as
         ``model``: a .py file defining ``model_fn``, ``"module:function"``, a callable, or an
@@ -605,6 +722,9 @@ class Updater:
         recorded one (``accept_model_change=True`` takes another, logged and recorded).
         """
         code = None if model is None else resolve_code(model)
+        # An alias (models/latest, ricordo.state.alias) is followed: the Updater records the
+        # state it points at as its source, so the next state's parent is a state, not a name.
+        url = resolve_alias(url)
         for attempt in range(1, LOAD_ATTEMPTS + 1):
             # The memory's files (local states) are verified in chunks and come back as paths:
             # an mmap memory maps its .npy files instead of reading them whole.
@@ -665,6 +785,10 @@ class Updater:
             updater.model_spec = spec
             updater.seen_classes = [int(c) for c in meta["seen_classes"]]
             updater.history = _read_history(state)
+            if HOLDOUT_FILE in state.files:  # states written without held-out rows have none
+                data = state.files[HOLDOUT_FILE]
+                assert isinstance(data, bytes)  # only memory/ files are read lazily
+                updater.holdout = HeldOut.from_bytes(data, tuple(spec["input_shape"]))
             model = build_model(spec, generator_seed=config.seed, code=code)
             weights = _read_tensors(state, MODEL_FILE)
             # A model trained at --precision bf16-true / 16-true was saved in that dtype.
@@ -692,6 +816,17 @@ class Updater:
                 f"{str(error).splitlines()[0] if str(error) else ''}",
             ) from None
         return updater
+
+
+@dataclasses.dataclass(frozen=True)
+class _GatePlan:
+    """A gate's rows and the current model's predictions on them, taken before training
+    (``rows`` None: nothing to compare, ``where`` is then the verdict)."""
+
+    gate: Gate
+    rows: ArrayDataset | None
+    old: Tensor | None
+    where: str | GateResult
 
 
 def _frozen_tensors(model: nn.Module | None) -> list[Tensor]:

@@ -6,6 +6,14 @@ pickles, and works on local paths and any fsspec URL. ``import ricordo.state`` i
 
 from __future__ import annotations
 
+from ricordo.state.alias import (
+    Alias,
+    list_aliases,
+    publish,
+    read_alias,
+    resolve_alias,
+    rollback,
+)
 from ricordo.state.manifest import FORMAT_VERSION, MIGRATIONS
 from ricordo.state.store import (
     LoadedState,
@@ -14,6 +22,7 @@ from ricordo.state.store import (
     list_states,
     read_manifest,
     read_state,
+    read_state_file,
     state_changed,
     state_exists,
     write_state,
@@ -21,13 +30,20 @@ from ricordo.state.store import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "Alias",
     "MIGRATIONS",
     "LoadedState",
     "check_writable",
     "enclosing_state",
+    "list_aliases",
     "list_states",
+    "publish",
+    "read_alias",
     "read_manifest",
     "read_state",
+    "read_state_file",
+    "resolve_alias",
+    "rollback",
     "state_changed",
     "state_exists",
     "write_state",

@@ -743,6 +743,26 @@ def read_state(url: str, *, lazy_prefixes: tuple[str, ...] = ()) -> LoadedState:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def read_state_file(url: str, rel: str) -> bytes:
+    """One file of the state at ``url`` (e.g. ``history.json``), verified against the manifest,
+    without reading the others (``ricordo history`` needs no weights)."""
+    loc = resolve(url)
+    manifest = _load_manifest(loc)
+    info = manifest["files"].get(rel)
+    if info is None:
+        raise _corrupt(loc, f"{rel} is not listed in its manifest")
+    try:
+        if loc.is_local:
+            with _LocalReader(loc) as reader:
+                data = reader.read(rel)
+        else:
+            data = loc.fs.cat_file(loc.join(rel))
+    except (FileNotFoundError, NotADirectoryError):
+        raise _corrupt(loc, f"{rel} is missing") from None
+    _check_bytes(loc, rel, info, len(data), hashlib.sha256(data).hexdigest())
+    return data
+
+
 def state_changed(state: LoadedState) -> bool:
     """True when the state at ``state.url`` is no longer the one ``state`` was read from (a
     writer replaced it since), so that a caller reading its lazy files later can start over."""
