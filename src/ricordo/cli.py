@@ -1,7 +1,7 @@
 """The ``ricordo`` command: a thin layer over the Python API (same option names as UpdateConfig).
 
 Errors print one line ``ricordo: error: ...`` and exit 1 (usage errors exit 2); ``--debug`` shows
-the traceback instead.
+the traceback instead. ``ricordo update --gate`` exits 3 when the gate refuses the update.
 """
 
 from __future__ import annotations
@@ -15,7 +15,11 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ricordo import __version__
-from ricordo.errors import ConfigError, RicordoError
+from ricordo.errors import ConfigError, RicordoError, UpdateRejectedError
+
+# Exit status of `ricordo update --gate` when the gate refuses the update (errors exit 1, usage
+# errors 2): a pipeline branches on it, e.g. to alert and keep serving the current state.
+GATE_REFUSED = 3
 
 # Commands whose UpdateConfig options default to None ("not given"), and where such an option's
 # value then comes from: the note their help ends with.
@@ -196,6 +200,14 @@ Patience = Annotated[
     ),
 ]
 Seed = Annotated[int | None, typer.Option(help="Seed of every random choice.")]
+Holdout = Annotated[
+    float | None,
+    typer.Option(
+        help="Keep this share of each chunk as held-out rows in the state, never trained on "
+        "(what --gate compares on; 0: none)."
+    ),
+]
+HoldoutMax = Annotated[int | None, typer.Option(help="At most this many held-out rows per chunk.")]
 Backend = Annotated[str | None, typer.Option(help="auto, torch or fabric.")]
 Accelerator = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")]
 Devices = Annotated[int | None, typer.Option(help="Devices per update.")]
@@ -535,6 +547,29 @@ def update(
     backbone: Backbone = None,
     max_length: MaxLength = None,
     train_backbone: TrainBackbone = None,
+    holdout: Holdout = None,
+    holdout_max: HoldoutMax = None,
+    gate: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse to write --next-state when accuracy on the held-out rows of earlier "
+            f"updates (or --gate-data) drops by more than --max-regression (exit {GATE_REFUSED})."
+        ),
+    ] = False,
+    max_regression: Annotated[
+        float | None,
+        typer.Option(help="Largest accuracy drop --gate accepts (default 0.02: two points)."),
+    ] = None,
+    gate_data: Annotated[
+        str | None,
+        typer.Option(help="Labelled rows --gate compares on instead of the held-out rows."),
+    ] = None,
+    rejected_state: Annotated[
+        str | None,
+        typer.Option(
+            help="Where --gate writes a refused candidate (default NEXT_STATE.rejected-TIME)."
+        ),
+    ] = None,
 ) -> None:
     """Update a model on one chunk and write the next state (one job per chunk)."""
     from ricordo.config import UpdateConfig
@@ -544,6 +579,13 @@ def update(
     from ricordo.updater import Updater
 
     options = _config_options(locals())
+    for flag, value in (
+        ("--max-regression", max_regression),
+        ("--gate-data", gate_data),
+        ("--rejected-state", rejected_state),
+    ):
+        if value is not None and not gate:
+            raise ConfigError(f"{flag} applies to a gated update; add --gate")
     # Fail before training, not after it, when the result could not be written.
     _persistent(next_state, "--next-state")
     if state is not None:
@@ -556,6 +598,15 @@ def update(
     elif accept_model_change:
         raise ConfigError("--accept-model-change applies when continuing a --state")
     check_writable(next_state, overwrite=overwrite)
+    if gate:
+        rejected_state = rejected_state or _rejected_name(next_state)
+        _persistent(rejected_state, "--rejected-state")
+        if same_location(rejected_state, next_state):
+            raise ConfigError(
+                f"--rejected-state {rejected_state} is --next-state: a refused candidate is never "
+                "written where the next state goes; choose another path"
+            )
+        check_writable(rejected_state)
     from ricordo.engine.loggers import check_outside_states
 
     check_outside_states(logger, {"--next-state": next_state, "--state": state})
@@ -579,7 +630,7 @@ def update(
 
     if state is None:
         updater = Updater(UpdateConfig(**options))
-        record = updater.update(chunk_of(None))
+        columns = None
     else:
         # --config names the code the state was trained with (checked by hash), not a change.
         where = options.pop("backbone", None)  # the state's backbone, checked by hash
@@ -588,14 +639,69 @@ def update(
             state, model=code, backbone=where, accept_model_change=accept_model_change
         )
         # A state trained on a table reads the chunk's columns by name (others are ignored).
-        record = updater.update(chunk_of(updater.feature_names), **options)
+        columns = updater.feature_names
+    the_gate = None
+    if gate:
+        from ricordo.gate import DEFAULT_MAX_REGRESSION, Gate
+
+        rows = None
+        if gate_data is not None:
+            rows = load_data(
+                gate_data,
+                target=target,
+                name=gate_data,
+                columns=columns,
+                tokenize=updater.tokenizer,
+            )
+        limit = DEFAULT_MAX_REGRESSION if max_regression is None else max_regression
+        the_gate = Gate(max_regression=limit, data=rows)
+    try:
+        if state is None:
+            record = updater.update(chunk_of(None), gate=the_gate)
+        else:
+            record = updater.update(chunk_of(columns), gate=the_gate, **options)
+    except UpdateRejectedError as refused:
+        _keep_refused(refused, rejected_state, next_state, state)
     updater.save(next_state, overwrite=overwrite)
     train = record["train"]
+    held = record["data"].get("held_out")
     typer.echo(
         f"update {record['update']} ({updater.config.method}): {record['data']['samples']} samples"
-        f", classes {record['data']['classes']}, {train['steps']} steps in {train['seconds']:.2f} s"
-        f", final loss {train['final_loss']:.4f} -> {next_state}"
+        + (f" ({held} more held out)" if held else "")
+        + f", classes {record['data']['classes']}, {train['steps']} steps in "
+        f"{train['seconds']:.2f} s, final loss {train['final_loss']:.4f} -> {next_state}"
     )
+    if "gate" in record:
+        typer.echo(_gate_line(record["gate"]))
+
+
+def _rejected_name(next_state: str) -> str:
+    """Where a refused candidate goes by default: beside --next-state, stamped with the time."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{next_state.rstrip('/')}.rejected-{stamp}"
+
+
+def _gate_line(gate: dict[str, Any]) -> str:
+    from ricordo.gate import GateResult
+
+    return GateResult(**gate).summary()
+
+
+def _keep_refused(
+    refused: Any, rejected_state: str | None, next_state: str, state: str | None
+) -> None:
+    """Write the refused candidate aside, say so in one line and exit with GATE_REFUSED."""
+    assert rejected_state is not None and state is not None  # a first update always passes
+    refused.candidate.save(rejected_state)
+    print(
+        f"ricordo: update refused by the gate: {refused.result.details()}; --next-state "
+        f"{next_state} was not written; the candidate is at {rejected_state} (compare: "
+        f"ricordo diff {state} {rejected_state})",
+        file=sys.stderr,
+    )
+    raise typer.Exit(GATE_REFUSED)
 
 
 @app.command()
@@ -707,10 +813,11 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Describe a state: method, model, memory, lineage and update history."""
-    from ricordo.state import read_manifest
+    from ricordo.state import read_alias, read_manifest, resolve_alias
 
     _persistent(state, "STATE")
-    manifest = read_manifest(state)
+    alias = read_alias(state)
+    manifest = read_manifest(resolve_alias(state))
     if as_json:
         typer.echo(json.dumps(manifest, indent=1))
         return
@@ -737,6 +844,14 @@ def info(
         f"files        {len(manifest['files'])}, "
         f"{sum(f['size'] for f in manifest['files'].values())} bytes",
     ]
+    holdout = meta.get("holdout")
+    if holdout:
+        per_update = ", ".join(f"{u}: {n}" for u, n in holdout["per_update"].items())
+        lines.append(f"held out     {holdout['rows']} rows (per update {per_update})")
+    if meta.get("gate"):
+        lines.append(f"gate         {_gate_line(meta['gate'])}")
+    if alias is not None:
+        lines.insert(1, f"alias        {alias.name} -> {alias.target}")
     typer.echo("\n".join(lines))
 
 
@@ -762,7 +877,7 @@ def _model_label(spec: dict[str, Any]) -> str:
 @app.command(name="list")
 def list_(root: Annotated[str, typer.Argument(help="Folder (or URL) holding states.")]) -> None:
     """List the states in a folder with their parents, oldest first."""
-    from ricordo.state import list_states
+    from ricordo.state import list_aliases, list_states
 
     states = list_states(root)
     if not states:
@@ -771,10 +886,133 @@ def list_(root: Annotated[str, typer.Argument(help="Folder (or URL) holding stat
     for entry in states:
         meta = entry.get("meta") or {}
         parent = entry.get("parent") or "-"
+        gate = meta.get("gate") or {}
+        mark = "  REFUSED by the gate" if gate and not gate.get("passed", True) else ""
         typer.echo(
             f"{entry['name']:<20} {entry['created']}  {meta.get('method', '?'):<10} "
-            f"updates={meta.get('updates', '?')}  parent={parent}"
+            f"updates={meta.get('updates', '?')}  parent={parent}{mark}"
         )
+    for alias in list_aliases(root):
+        typer.echo(f"{alias.name:<20} -> {alias.target} (alias)")
+
+
+@app.command()
+def history(
+    state: Annotated[str, typer.Argument(help="State (or alias) whose history to show.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full update records as JSON.")
+    ] = False,
+) -> None:
+    """Show every update that led to a state: data, method, options, metrics, gate, time."""
+    from ricordo.lineage import history_row, state_history
+
+    _persistent(state, "STATE")
+    records = state_history(state)
+    if as_json:
+        typer.echo(json.dumps(records, indent=1))
+        return
+    header = (
+        f"{'#':>3}  {'finished':<25} {'method':<10} {'rows':>6} {'held':>5} {'data sha256':<12}  "
+        f"{'lr':>7} {'epochs':>6} {'loss':>8} {'held-out acc':>12}  gate / params"
+    )
+    lines = [header]
+    for record in records:
+        row = history_row(record)
+        acc = row["holdout_accuracy"]
+        loss = row["final_loss"]
+        params = " ".join(
+            f"{k}={v}" for k, v in sorted(row["params"].items()) if v is not None
+        )
+        lines.append(
+            f"{row['update']!s:>3}  {row['finished']!s:<25} {row['method']!s:<10} "
+            f"{row['samples']!s:>6} {row['held_out']!s:>5} {str(row['fingerprint'])[:12]:<12}  "
+            f"{row['lr']!s:>7} {row['epochs']!s:>6} "
+            f"{'-' if loss is None else f'{loss:.4f}':>8} "
+            f"{'-' if acc is None else f'{acc:.4f}':>12}  {row['gate']}"
+            + (f"  {params}" if params else "")
+        )
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def diff(
+    a: Annotated[str, typer.Argument(help="First state (or alias), e.g. the one in service.")],
+    b: Annotated[str, typer.Argument(help="Second state (or alias), e.g. a candidate.")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Labelled rows to score both on (accuracy of each, flip rates)."),
+    ] = None,
+    target: Target = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the differences as JSON.")] = False,
+) -> None:
+    """Compare two states: method, options, model, classes, files, history (and accuracy)."""
+    from ricordo.lineage import compare_on_data, diff_states
+
+    for url, flag in ((a, "A"), (b, "B")):
+        _persistent(url, flag)
+    result = diff_states(a, b)
+    if data is not None:
+        result["data"] = {"path": data, **compare_on_data(a, b, data, target=target)}
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    lines = [
+        f"A            {result['a']}",
+        f"B            {result['b']}",
+        f"history      {result['relation']}; updates {result['updates'][0]} -> "
+        f"{result['updates'][1]}",
+    ]
+    for section in ("method", "params", "config", "model"):
+        for key, (va, vb) in result[section].items():
+            lines.append(f"{section:<12} {key}: {va!r} -> {vb!r}")
+    classes = result["classes"]
+    if classes["only_a"] or classes["only_b"]:
+        lines.append(f"classes      only in A {classes['only_a']}, only in B {classes['only_b']}")
+    rows_a, rows_b = result["holdout_rows"]
+    if rows_a != rows_b:
+        lines.append(f"held out     {rows_a} -> {rows_b} rows")
+    changed = ", ".join(f"{rel} ({what})" for rel, what in result["files"].items())
+    lines.append(f"files        {changed or 'identical'}")
+    if "data" in result:
+        d = result["data"]
+        lines.append(
+            f"on {data}: accuracy A {d['accuracy'][0]:.4f}, B {d['accuracy'][1]:.4f} "
+            f"({d['samples']} rows); negative flips {d['negative_flip_rate']:.4f}, positive "
+            f"flips {d['positive_flip_rate']:.4f}"
+        )
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def publish(
+    state: Annotated[str, typer.Argument(help="State to publish (verified whole first).")],
+    alias: Annotated[str, typer.Option(help="Alias to point at it, beside it: e.g. latest.")],
+) -> None:
+    """Point an alias (a pointer file beside the state) at a state, atomically; never copies."""
+    from ricordo.state import publish as publish_state
+
+    _persistent(state, "STATE")
+    result = publish_state(state, alias)
+    before = result.previous[-1]["target"] if result.previous else "-"
+    typer.echo(f"{result.url} -> {result.target} (was {before})")
+
+
+@app.command()
+def rollback(
+    alias: Annotated[str, typer.Argument(help="Alias to move back, e.g. models/latest.")],
+    to: Annotated[
+        str | None, typer.Option(help="State to point at (default: the previous target).")
+    ] = None,
+) -> None:
+    """Point an alias back at its previous target (or --to a state); states stay untouched."""
+    from ricordo.state import read_alias
+    from ricordo.state import rollback as rollback_alias
+
+    _persistent(alias, "ALIAS")
+    current = read_alias(alias)
+    result = rollback_alias(alias, to=to)
+    before = current.target if current is not None else "-"
+    typer.echo(f"{result.url} -> {result.target} (was {before})")
 
 
 @app.command()
