@@ -1,7 +1,8 @@
 """The ``ricordo`` command: a thin layer over the Python API (same option names as UpdateConfig).
 
 Errors print one line ``ricordo: error: ...`` and exit 1 (usage errors exit 2); ``--debug`` shows
-the traceback instead. ``ricordo update --gate`` exits 3 when the gate refuses the update.
+the traceback instead. ``ricordo update --gate`` exits 3 when the gate refuses the update,
+``ricordo shift`` exits 4 when it detects a shift.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from ricordo.errors import ConfigError, RicordoError, UpdateRejectedError
 # Exit status of `ricordo update --gate` when the gate refuses the update (errors exit 1, usage
 # errors 2): a pipeline branches on it, e.g. to alert and keep serving the current state.
 GATE_REFUSED = 3
+# Exit status of `ricordo shift` when it detects a shift (0: none): a pipeline branches on it,
+# e.g. to run an update only when the data moved.
+SHIFT_DETECTED = 4
 
 # Commands whose UpdateConfig options default to None ("not given"), and where such an option's
 # value then comes from: the note their help ends with.
@@ -805,6 +809,104 @@ def predict(
         f"wrote {tuple(result.shape)} {'probabilities' if probabilities else 'class ids'}"
         f" -> {output}"
     )
+
+
+@app.command()
+def shift(
+    reference: Annotated[
+        str,
+        typer.Option(
+            help="Data the model knows (e.g. its last training chunk): .npy, .npz, .csv or "
+            ".parquet (labels ignored); a folder with --dataset."
+        ),
+    ],
+    data: Annotated[str, typer.Option(help="New data to compare with --reference.")],
+    state: Annotated[
+        str | None,
+        typer.Option(help="State whose model gives the features (optional with --features raw)."),
+    ] = None,
+    detector: Annotated[
+        str, typer.Option(help="mmd (kernel two-sample test) or ks (per-feature KS, Bonferroni).")
+    ] = "mmd",
+    features: Annotated[
+        str,
+        typer.Option(
+            help="model (penultimate layer), encoder (the --backbone's CLS feature) or raw "
+            "(the inputs, flattened)."
+        ),
+    ] = "model",
+    alpha: Annotated[float, typer.Option(help="Significance level: shift when p <= alpha.")] = 0.05,
+    permutations: Annotated[int, typer.Option(help="Permutations of the MMD test.")] = 1000,
+    max_samples: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            help="Rows per side, a seeded random subsample of larger data (0: all; the MMD "
+            "test's time grows with the square).",
+        ),
+    ] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the subsamples and permutations.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 256,
+    target: Target = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="--reference and --data are folders of this dataset: image-folder or hf."
+        ),
+    ] = None,
+    dataset_option: DatasetOption = None,
+    config: StateModelCode = None,
+    accept_model_change: AcceptModelChange = False,
+    backbone: StateBackbone = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Test whether --data has shifted away from --reference (covariate shift).
+
+    Prints the score (MMD^2, or the largest KS statistic) and the p-value.
+
+    Exit status: 0 no shift, 4 shift detected (p <= alpha), 1 error, 2 usage error.
+    """
+    from ricordo.shift import detect_shift
+
+    if state is not None:
+        _persistent(state, "--state")
+    elif config is not None or backbone is not None or accept_model_change:
+        raise ConfigError("--config/--backbone/--accept-model-change apply to a --state")
+    if max_samples < 0:
+        raise ConfigError(f"--max-samples {max_samples} must be >= 0 (0: all rows)")
+    result = detect_shift(
+        state,
+        reference,
+        data,
+        detector=detector,
+        features=features,
+        alpha=alpha,
+        permutations=permutations,
+        max_samples=max_samples or None,
+        seed=seed,
+        batch_size=batch_size,
+        target=target,
+        dataset=dataset,
+        dataset_options=_pairs(dataset_option, "--dataset-option"),
+        backbone=backbone,
+        model=_model_code(config, accept_model_change, backbone),
+        accept_model_change=accept_model_change,
+    )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=1))
+    else:
+        typer.echo(result.summary())
+        shifted = result.details.get("most_shifted")
+        if shifted and result.shifted:
+            typer.echo(
+                "most shifted features: "
+                + ", ".join(
+                    f"{f['feature']} (KS {f['statistic']:.3f}, p {f['p_value']:.3g})"
+                    for f in shifted
+                )
+            )
+    if result.shifted:
+        raise typer.Exit(SHIFT_DETECTED)
 
 
 @app.command()
