@@ -709,6 +709,142 @@ def _keep_refused(
 
 
 @app.command()
+def tune(
+    data: Annotated[str, typer.Option(help="Chunk to learn: .npz (x, y), .csv or .parquet.")],
+    next_state: Annotated[
+        str, typer.Option(help="Where to write the best configuration's state (path or URL).")
+    ],
+    space: Annotated[
+        Path,
+        typer.Option(
+            help="Search space (YAML): option: {choice|uniform|loguniform|randint: [...]} or a "
+            "fixed value; method parameters as params.NAME. See examples/tune_space.yaml."
+        ),
+    ],
+    state: Annotated[str | None, typer.Option(help="State to continue from.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --next-state.")] = False,
+    scheduler: Annotated[
+        str,
+        typer.Option(
+            help="random, grid (every combination of the choices once), asha or pasha "
+            "(paused trials resume from their last epoch's checkpoint)."
+        ),
+    ] = "asha",
+    trials: Annotated[int, typer.Option(help="Configurations to try (not for grid).")] = 8,
+    max_epochs: Annotated[
+        int, typer.Option(help="Most epochs per trial: the resource the schedulers share out.")
+    ] = 10,
+    max_time: Annotated[
+        float | None, typer.Option(help="Seconds for all trials (default: no limit).")
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to run the trials on (default: an embedded Ray on this machine's "
+            "cores)."
+        ),
+    ] = None,
+    tune_holdout: Annotated[
+        float,
+        typer.Option(
+            help="Fraction of the chunk and of the memory set aside to score trials (never "
+            "trained on by a trial)."
+        ),
+    ] = 0.2,
+    threads_per_trial: Annotated[
+        int, typer.Option(help="CPU threads (and Ray CPUs) per trial.")
+    ] = 1,
+    trials_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Keep the trials' folders (checkpoints, results) here; default: a temporary "
+            "folder, removed. On a cluster: shared storage."
+        ),
+    ] = None,
+    target: Target = None,
+    model: Model = None,
+    hidden: Hidden = None,
+    config: ConfigFile = None,
+    accept_model_change: AcceptModelChange = False,
+    model_option: ModelOption = None,
+    method: Annotated[str | None, typer.Option(help="CL method, e.g. er.")] = None,
+    param: Param = None,
+    memory_size: MemorySize = None,
+    memory_policy: MemoryPolicy = None,
+    memory_storage: MemoryStorage = None,
+    memory_dir: MemoryDir = None,
+    memory_insert: MemoryInsert = None,
+    mask_unseen: MaskUnseen = None,
+    max_classes: MaxClasses = None,
+    num_classes: NumClasses = None,
+    optimizer: Optimizer = None,
+    lr: Lr = None,
+    momentum: Momentum = None,
+    weight_decay: WeightDecay = None,
+    batch_size: BatchSize = None,
+    seed: Seed = None,
+    threads: Threads = None,
+    augment: Augment = None,
+    progress: ShowProgress = None,
+    backbone: Backbone = None,
+    max_length: MaxLength = None,
+    train_backbone: TrainBackbone = None,
+) -> None:
+    """Tune an update's hyperparameters (Ray Tune) and write the best configuration's state."""
+    from ricordo.data import load_data
+    from ricordo.state import check_writable
+    from ricordo.state.fs import same_location
+    from ricordo.tune import tune as run_tune
+
+    options = _config_options(locals())
+    _persistent(next_state, "--next-state")
+    if state is not None:
+        _persistent(state, "--state")
+        if same_location(state, next_state):
+            raise ConfigError(
+                f"--next-state {next_state} is --state {state}: the new state must not replace "
+                "its own parent; write it to a new path"
+            )
+    elif accept_model_change:
+        raise ConfigError("--accept-model-change applies when continuing a --state")
+    check_writable(next_state, overwrite=overwrite)
+    where = options.pop("backbone", None) if state is not None else None
+    code = options.pop("config", None)
+    if state is not None:
+        code = _model_code(code, accept_model_change, where)
+    chunk = load_data(data, target=target, name=data) if target is not None else data
+    result = run_tune(
+        chunk,
+        space=space,
+        state=state,
+        next_state=next_state,
+        scheduler=scheduler,
+        trials=trials,
+        max_epochs=max_epochs,
+        max_time=max_time,
+        ray_address=ray_address,
+        tune_holdout=tune_holdout,
+        threads_per_trial=threads_per_trial,
+        trials_dir=trials_dir,
+        overwrite=overwrite,
+        model_code=code,
+        backbone=where,
+        accept_model_change=accept_model_change,
+        **options,
+    )
+    best = result.best
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.config.items()
+    )
+    typer.echo(
+        f"tuned update {result.updater.history[-1]['update']} "
+        f"({result.updater.config.method}, {scheduler}): {len(result.trials)} trials; best "
+        f"{shown}, {best.epochs} epoch(s), accuracy {best.metric:.4f} on held-out rows "
+        f"-> {next_state}"
+    )
+
+
+@app.command()
 def evaluate(
     state: Annotated[str, typer.Option(help="State to evaluate.")],
     data: Annotated[str, typer.Option(help="Labelled data: .npz, .csv or .parquet.")],

@@ -494,6 +494,45 @@ class TensorMemory:
         other.generator.set_state(self.generator.get_state())
         return other
 
+    def without(self, index: Tensor) -> TensorMemory:
+        """A copy holding every stored row except those at ``index``, in order (rows set aside
+        from training: ``ricordo.tune`` validates on them). Reservoir memories only: the copy is
+        a reservoir whose capacity is smaller by the rows removed, over the same stream (a
+        uniform subsample of a reservoir sample is one), with this memory's generator state, so
+        later rows enter it by the same rule."""
+        if self.policy_name != "reservoir" or self.capacity is None:
+            raise ConfigError(
+                f"only a reservoir memory can set rows aside, not {self.policy_name!r}"
+            )
+        drop = torch.zeros(self._size, dtype=torch.bool)
+        drop[_as_index(index, torch.device("cpu"))] = True
+        removed = int(drop.sum())
+        if removed >= self.capacity:
+            raise ConfigError(
+                f"cannot set aside {removed} rows of a memory of capacity {self.capacity}"
+            )
+        capacity = self.capacity - removed
+        other = TensorMemory(
+            capacity,
+            self.policy_name,
+            self.seed,
+            device=self.device,
+            label_field=self.label_field,
+            storage=self.storage,
+            directory=getattr(self._storage, "parent", None),
+        )
+        # While filling (seen < capacity) slot = seen, so seen shrinks with the rows removed.
+        seen = self._seen - removed if self._seen < self.capacity else self._seen
+        kept = self.get(torch.nonzero(~drop).reshape(-1))
+        data: dict[str, Tensor] = {}
+        if self._data:
+            for name, rows in kept.items():
+                storage = other._new_storage(capacity, tuple(rows.shape[1:]), rows.dtype)
+                copy_rows(storage, rows, len(rows))
+                data[name] = storage
+        other._restore(data, self._size - removed, seen, self.generator.get_state())
+        return other
+
     def __deepcopy__(self, memo: dict[int, object]) -> TensorMemory:
         """A deep copy with its own storage (memory-mapped files are copied into a new folder);
         only the filled rows are copied."""

@@ -1,0 +1,397 @@
+"""Run a tuning job: trials on Ray Tune, then the best configuration's update as the next state.
+
+``tune(...)`` (and ``ricordo tune``) splits off the validation rows (``tune.objective``), puts
+the best configurations of earlier tuning jobs in the state's history first (warm start), runs
+the trials under the chosen scheduler on an embedded Ray (local cores) or ``ray_address``, then
+re-runs the best trial's configuration *deterministically from the loaded state on the whole
+chunk with the whole memory* for the epochs that trial trained: the next state therefore uses
+every row, and its history record carries a ``tune`` entry with every trial (configuration,
+epochs trained, metric, status) and the best one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ricordo.data.lazy import LazyDataset
+from ricordo.data.loaders import load_data
+from ricordo.errors import ConfigError, RicordoError
+from ricordo.tune.objective import DEFAULT_HOLDOUT, METRIC, MODE
+from ricordo.tune.space import SearchSpace, load_space
+from ricordo.tune.trainable import TrialJob, run_trial
+
+SCHEDULER_NAMES = ("random", "grid", "asha", "pasha")
+
+
+@dataclass
+class TrialRecord:
+    """One trial's outcome, as the state's history records it."""
+
+    trial: str
+    config: dict[str, Any]
+    epochs: int
+    metric: float | None
+    accuracy_new: float | None = None
+    accuracy_memory: float | None = None
+    status: str = "done"
+    warm_start: bool = False
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune` returns: the updated Updater (the best configuration's update, also
+    saved to ``next_state`` when given), every trial, the best one and the history entry."""
+
+    updater: Any
+    trials: list[TrialRecord]
+    best: TrialRecord
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def tune(
+    data: Any,
+    *,
+    space: SearchSpace | dict[str, Any] | str | os.PathLike[str],
+    state: str | None = None,
+    next_state: str | None = None,
+    scheduler: str = "asha",
+    trials: int = 8,
+    max_epochs: int = 10,
+    max_time: float | None = None,
+    ray_address: str | None = None,
+    tune_holdout: float = DEFAULT_HOLDOUT,
+    threads_per_trial: int = 1,
+    trials_dir: str | None = None,
+    overwrite: bool = False,
+    model_code: str | None = None,
+    backbone: str | None = None,
+    accept_model_change: bool = False,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+    **options: Any,
+) -> TuneResult:
+    """Tune the update of ``state`` (or a new lineage) on ``data`` and keep the best.
+
+    ``space``: the search space (``tune.space``). ``scheduler``: random, grid (every combination
+    of the choices once; ``trials`` is then ignored), asha or pasha; ``trials`` configurations,
+    each trained for at most ``max_epochs`` epochs (the resource); ``max_time`` seconds for all
+    of them (Ray's time budget). ``options`` are the fixed ``UpdateConfig`` options, as for
+    ``Updater.update``. ``tune_holdout``: the fraction of the chunk and of the memory set aside for
+    the objective. ``on_trial`` is called with each finished trial. ``model_code``: your model
+    code (a .py file or module:function; the CLI's ``--config``), for a new lineage or the code
+    a ``state`` was trained with.
+    """
+    _check_arguments(scheduler, trials, max_epochs, max_time, threads_per_trial)
+    from ricordo.updater import Updater
+
+    code = model_code
+    if state is None:
+        starting = Updater(config=code, **options) if code else Updater(**options)
+    else:
+        starting = Updater.load(
+            state, model=code, backbone=backbone, accept_model_change=accept_model_change
+        )
+    if isinstance(data, LazyDataset):
+        raise ConfigError("tuning reads the chunk into memory; load it without --lazy")
+    chunk = load_data(data, columns=starting.feature_names, tokenize=starting.tokenizer)
+    chunk = chunk.validate(name="the chunk")
+    method = starting.config.method
+    space = space if isinstance(space, SearchSpace) else load_space(space, method=method)
+    seed = options.get("seed", starting.config.seed)
+    job = TrialJob(
+        chunk=chunk,
+        space=space,
+        max_epochs=max_epochs,
+        state=state,
+        options=dict(options) if state is not None else _fresh_options(starting),
+        holdout=tune_holdout,
+        seed=seed,
+        threads=threads_per_trial,
+        model_code=code,
+        backbone=backbone,
+        accept_model_change=accept_model_change,
+    )
+    warm = warm_start_points(starting.history, space)
+    trial_records = _run_trials(
+        job,
+        space,
+        scheduler,
+        trials,
+        max_epochs,
+        max_time,
+        ray_address,
+        warm,
+        trials_dir,
+        on_trial,
+        seed,
+        len(starting.history),
+    )
+    finished = [t for t in trial_records if t.metric is not None]
+    if not finished:
+        raise RicordoError(
+            f"none of the {len(trial_records)} trials reported a metric "
+            f"({trial_records[0].status if trial_records else 'no trial ran'}); no state was "
+            "written"
+        )
+    # Best last-reported metric; a tie goes to the trial that trained more, then the earlier.
+    best = max(finished, key=lambda t: (t.metric, t.epochs))
+    final_options = job.overrides(best.config)
+    final_options.update(epochs=best.epochs)
+    for key in ("threads", "progress", "logger"):
+        final_options.pop(key)
+        if key in options:
+            final_options[key] = options[key]
+    updater, _ = _final_start(job)
+    updater.update(chunk, **final_options)
+    record = {
+        "scheduler": scheduler,
+        "metric": METRIC,
+        "mode": MODE,
+        "max_epochs": max_epochs,
+        "max_time": max_time,
+        "tune_holdout": tune_holdout,
+        "validation": _validation_summary(job),
+        "space": space.describe(),
+        "warm_start": warm,
+        "final": "the best configuration re-run from the loaded state on the whole chunk and "
+        "memory for the epochs its trial trained",
+        "trials": [asdict(t) for t in trial_records],
+        "best": asdict(best),
+    }
+    updater.history[-1]["tune"] = record
+    if next_state is not None:
+        updater.save(next_state, overwrite=overwrite)
+    return TuneResult(updater, trial_records, best, record)
+
+
+def warm_start_points(history: list[dict[str, Any]], space: SearchSpace) -> list[dict[str, Any]]:
+    """The best configurations of earlier tuning jobs in ``history``, most recent first, as
+    first points of the search (only the options this space searches; duplicates once)."""
+    points: list[dict[str, Any]] = []
+    for entry in reversed(history):
+        best = (entry.get("tune") or {}).get("best") or {}
+        config = best.get("config")
+        if not isinstance(config, dict):
+            continue
+        point = {k: v for k, v in config.items() if k in space.dimensions}
+        if point and point not in points:
+            points.append(point)
+    return points
+
+
+def _fresh_options(starting: Any) -> dict[str, Any]:
+    """A new lineage's options: its whole config minus what each trial sets itself."""
+    options = starting.config.to_dict()
+    options["hidden"] = tuple(options["hidden"])
+    options["logger"] = ()
+    return options
+
+
+def _final_start(job: TrialJob) -> tuple[Any, Any]:
+    """The Updater the final update starts from: the loaded state (whole memory) or new."""
+    from ricordo.updater import Updater
+
+    if job.state is None:
+        return Updater(**job.options), None
+    return Updater.load(
+        job.state,
+        model=job.model_code,
+        backbone=job.backbone,
+        accept_model_change=job.accept_model_change,
+    ), None
+
+
+def _validation_summary(job: TrialJob) -> dict[str, Any]:
+    _, split = job.start()
+    return split.describe()
+
+
+def _check_arguments(
+    scheduler: str, trials: int, max_epochs: int, max_time: float | None, threads: int
+) -> None:
+    if scheduler not in SCHEDULER_NAMES:
+        raise ConfigError(
+            f"--scheduler {scheduler!r} is unknown; choose one of {', '.join(SCHEDULER_NAMES)}"
+        )
+    for name, value in (("trials", trials), ("max-epochs", max_epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"--{name} {value!r} is invalid; expected an integer >= 1")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"--threads-per-trial {threads!r} is invalid; expected an integer >= 1")
+    if max_time is not None and not (isinstance(max_time, (int, float)) and max_time > 0):
+        raise ConfigError(f"--max-time {max_time!r} is invalid; expected seconds > 0")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        from ray import tune as ray_tune  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "ricordo tune runs its trials on Ray Tune, which is not installed; "
+            'pip install "ricordo[hpo]"'
+        ) from None
+    return ray
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to ``address`` or start an embedded Ray; True if this call started it."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    return True
+
+
+def _run_trials(
+    job: TrialJob,
+    space: SearchSpace,
+    scheduler_name: str,
+    trials: int,
+    max_epochs: int,
+    max_time: float | None,
+    ray_address: str | None,
+    warm: list[dict[str, Any]],
+    trials_dir: str | None,
+    on_trial: Callable[[TrialRecord], None] | None,
+    seed: int,
+    len_history: int,
+) -> list[TrialRecord]:
+    ray = _import_ray()
+    from ray import tune as ray_tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from ricordo.tune.schedulers import make_scheduler
+
+    # Ray's own banners and per-trial tables stay quiet (verbose=0 of the classic output, no
+    # auto loggers): ricordo prints one line per finished trial instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    started = _start_ray(ray_address)
+    storage = trials_dir or tempfile.mkdtemp(prefix="ricordo-tune-")
+    grid = scheduler_name == "grid"
+    param_space = space.to_ray(grid=grid)
+    scheduler = make_scheduler(
+        scheduler_name, metric=METRIC, mode=MODE, max_epochs=max_epochs, seed=seed
+    )
+    # Warm-start points come first; the search then samples the rest of the budget.
+    search = BasicVariantGenerator(
+        points_to_evaluate=None if grid else [dict(p) for p in warm] or None,
+        # Another job's seed per update: the same --seed must not replay the previous job's
+        # samples (the warm-start points already repeat its best one).
+        random_state=(seed * 1_000_003 + len_history) % 2**32,
+        constant_grid_search=grid,
+    )
+    callback = _trial_lines(space, on_trial)
+    tuner = ray_tune.Tuner(
+        ray_tune.with_resources(ray_tune.with_parameters(run_trial, job=job), {"cpu": job.threads}),
+        param_space=param_space,
+        tune_config=ray_tune.TuneConfig(
+            # ASHA and PASHA carry the metric themselves; Ray refuses it twice.
+            metric=METRIC if scheduler_name in ("random", "grid") else None,
+            mode=MODE if scheduler_name in ("random", "grid") else None,
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=1 if grid else max(trials - len(warm), 0) + len(warm),
+            time_budget_s=max_time,
+            # A trial's process is reused by the next trial (imports torch once per worker).
+            reuse_actors=True,
+        ),
+        run_config=ray_tune.RunConfig(
+            name="trials",
+            storage_path=os.path.abspath(storage) if "://" not in storage else storage,
+            verbose=0,
+            callbacks=[callback],
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+            log_to_file=True,
+        ),
+    )
+    try:
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    records = [callback.record_of(result) for result in results]
+    records.sort(key=lambda r: r.trial)  # Ray numbers trials in the order it created them
+    for index, record in enumerate(records):  # the search proposes the warm points first
+        record.warm_start = not grid and index < len(warm)
+    if trials_dir is None:
+        shutil.rmtree(storage, ignore_errors=True)
+    return records
+
+
+def _trial_lines(
+    space: SearchSpace,
+    on_trial: Callable[[TrialRecord], None] | None,
+) -> Any:
+    """A Ray Tune callback: one line per finished trial on stderr (and ``on_trial``); it also
+    turns Ray's results into :class:`TrialRecord` (``record_of``)."""
+    from ray.tune import Callback
+
+    class TrialLines(Callback):  # type: ignore[misc, valid-type]
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._emit(trial, "done")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._emit(trial, "error")
+
+        def _emit(self, trial: Any, status: str) -> None:
+            record = self.record(trial.trial_id, trial.config, trial.last_result, status)
+            shown = ", ".join(f"{k}={_short(v)}" for k, v in record.config.items())
+            metric = "-" if record.metric is None else f"{record.metric:.4f}"
+            print(
+                f"trial {record.trial} {status}: {shown}; {record.epochs} epoch(s), "
+                f"{METRIC} {metric}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if on_trial is not None:
+                on_trial(record)
+
+        def record(
+            self, trial_id: str, config: dict[str, Any], last: dict[str, Any] | None, status: str
+        ) -> TrialRecord:
+            last = last or {}
+            sample = {k: _plain(config[k]) for k in space.dimensions if k in config}
+            metric = last.get(METRIC)
+            return TrialRecord(
+                trial=trial_id,
+                config=sample,
+                epochs=int(last.get("epochs", last.get("training_iteration", 0)) or 0),
+                metric=None if metric is None else float(metric),
+                accuracy_new=_float(last.get("accuracy_new")),
+                accuracy_memory=_float(last.get("accuracy_memory")),
+                status=status,
+            )
+
+        def record_of(self, result: Any) -> TrialRecord:
+            metrics = result.metrics or {}
+            trial_id = metrics.get("trial_id") or os.path.basename(str(result.path))
+            status = "error" if result.error is not None else "done"
+            return self.record(str(trial_id), result.config, metrics, status)
+
+    return TrialLines()
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
