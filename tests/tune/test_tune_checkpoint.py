@@ -86,3 +86,59 @@ def test_resume_refuses_another_configuration(digits_scenario: Scenario, tmp_pat
         other.update(digits_scenario.train[1], resume_from=tmp_path / "c", lr=0.01)
     with pytest.raises(ConfigError, match="is not an update checkpoint"):
         other.update(digits_scenario.train[1], resume_from=tmp_path / "missing")
+
+
+def test_paused_trial_resumes_from_its_last_epoch(
+    digits_scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainable as Ray drives it (report/get_checkpoint faked): a trial paused after its
+    first epoch resumes at epoch 2 from the checkpoint and ends where an unpaused trial ends."""
+    import itertools
+    import shutil
+
+    tune_api = pytest.importorskip("ray.tune")
+    from ricordo.tune import load_space
+    from ricordo.tune.trainable import TrialJob, run_trial
+
+    _trained_first(digits_scenario, "er").save(str(tmp_path / "v0"))
+    space = load_space({"lr": {"uniform": [0.01, 0.1]}})
+    job = TrialJob(digits_scenario.train[1], space, max_epochs=3, state=str(tmp_path / "v0"))
+    reports: list[tuple[int, Path]] = []
+    counter = itertools.count()
+
+    class Pause(Exception):
+        pass
+
+    def fake_report(metrics: dict, checkpoint: object) -> None:
+        kept = tmp_path / f"reported-{next(counter)}"
+        shutil.copytree(checkpoint.path, kept)  # type: ignore[attr-defined]
+        reports.append((metrics["epochs"], kept))
+        if pause_after is not None and metrics["epochs"] == pause_after:
+            raise Pause
+
+    monkeypatch.setattr(tune_api, "report", fake_report)
+    restored: list[object] = [None]
+    monkeypatch.setattr(tune_api, "get_checkpoint", lambda: restored[0])
+
+    pause_after: int | None = None
+    run_trial({"lr": 0.05}, job)  # unpaused: epochs 1, 2, 3
+    straight = [epochs for epochs, _ in reports]
+    straight_last = load_checkpoint_tensors(reports[-1][1])
+    reports.clear()
+    pause_after = 1
+    with pytest.raises(Pause):
+        run_trial({"lr": 0.05}, job)
+    restored[0] = tune_api.Checkpoint.from_directory(str(reports[-1][1]))
+    pause_after = None
+    run_trial({"lr": 0.05}, job)
+    assert straight == [1, 2, 3]
+    assert [epochs for epochs, _ in reports] == [1, 2, 3]  # resumed at 2, not restarted at 1
+    resumed_last = load_checkpoint_tensors(reports[-1][1])
+    for key, value in straight_last.items():
+        assert torch.equal(value, resumed_last[key]), key
+
+
+def load_checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from ricordo.engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(folder).tensors
