@@ -182,11 +182,14 @@ def mmd_statistics(
 
 def _assignments(n: int, n0: int, permutations: int, generator: torch.Generator) -> Tensor:
     """(1 + P, N) bool: row 0 the observed split (the first n0 rows), then P random splits of
-    the same sizes, each a seeded permutation's first n0 positions."""
+    the same sizes, each the n0 smallest of N seeded uniform draws (a uniform random subset)."""
     groups = torch.zeros(1 + permutations, n, dtype=torch.bool)
     groups[0, :n0] = True
-    for k in range(1, 1 + permutations):
-        groups[k, torch.randperm(n, generator=generator)[:n0]] = True
+    chunk = max(1, 2**22 // n)  # permutations drawn at once: bounded temporaries
+    for start in range(1, 1 + permutations, chunk):
+        stop = min(1 + permutations, start + chunk)
+        keys = torch.rand(stop - start, n, generator=generator)
+        groups[start:stop].scatter_(1, keys.argsort(dim=1)[:, :n0], True)
     return groups
 
 

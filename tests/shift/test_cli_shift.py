@@ -1,0 +1,187 @@
+"""``ricordo shift`` and ``detect_shift``: exit status 0 / 4 / 1, the printed result, the JSON,
+subsampling, the feature sources (model, encoder, raw) and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ricordo.cli import SHIFT_DETECTED
+from ricordo.shift import detect_shift, shift_features
+from ricordo.updater import Updater
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
+    """``ricordo ARGS`` in this process through ``ricordo.cli.main``."""
+    from ricordo.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    def run(*args: object) -> Run:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["ricordo", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finetune state (mlp 16) trained on 300 rows of 6 Gaussian features, and chunks:
+    ``ref`` (its training data), ``same`` (new draws of the same distribution), ``moved`` (mean
+    +0.5 in every feature), ``wide`` (7 features)."""
+    root = tmp_path_factory.mktemp("shift")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 6)).astype("float32")
+    np.savez(root / "ref.npz", x=x, y=(x[:, 0] > 0).astype("int64"))
+    np.savez(root / "same.npz", x=rng.normal(size=(300, 6)).astype("float32"))
+    np.savez(root / "moved.npz", x=(rng.normal(size=(300, 6)) + 0.5).astype("float32"))
+    np.savez(root / "wide.npz", x=rng.normal(size=(300, 7)).astype("float32"))
+    updater = Updater(method="finetune", hidden=(16,), epochs=2, progress=False, threads=1)
+    updater.update(str(root / "ref.npz"))
+    updater.save(str(root / "state"))
+    return root
+
+
+@pytest.mark.parametrize("detector", ["mmd", "ks"])
+def test_exit_status_says_whether_the_data_shifted(cli, work: Path, detector: str) -> None:
+    common = ["shift", "--state", work / "state", "--reference", work / "ref.npz"]
+    common += ["--detector", detector, "--permutations", "200"]
+    same = cli(*common, "--data", work / "same.npz")
+    assert same.code == 0, same
+    assert same.out.startswith(f"no shift detected: {detector} score "), same.out
+    assert "(300 reference / 300 new samples)" in same.out
+    moved = cli(*common, "--data", work / "moved.npz")
+    assert moved.code == SHIFT_DETECTED == 4, moved
+    assert moved.out.startswith(f"shift detected: {detector} score "), moved.out
+    assert "<= alpha 0.05" in moved.out
+    if detector == "ks":  # names the features that moved most
+        assert moved.out.splitlines()[1].startswith("most shifted features: ")
+
+
+def test_json_and_python_give_the_same_result(cli, work: Path) -> None:
+    args = ["--reference", work / "ref.npz", "--data", work / "moved.npz"]
+    run = cli("shift", "--state", work / "state", *args, "--permutations", "100", "--json")
+    assert run.code == 4, run
+    printed = json.loads(run.out)
+    assert printed["shifted"] is True and printed["detector"] == "mmd"
+    assert printed["details"]["feature_source"] == "model"
+    assert printed["details"]["features"] == 16  # the mlp's hidden layer feeds its output layer
+    expected = detect_shift(
+        str(work / "state"), str(work / "ref.npz"), str(work / "moved.npz"), permutations=100
+    )
+    assert printed == json.loads(json.dumps(expected.to_dict()))
+    assert expected.p_value == (1 + expected.details["exceedances"]) / 101
+
+
+def test_raw_features_need_no_state_and_subsample(cli, work: Path) -> None:
+    args = ["shift", "--features", "raw", "--reference", work / "ref.npz"]
+    run = cli(*args, "--data", work / "moved.npz", "--max-samples", "50", "--json")
+    assert run.code == 4, run
+    printed = json.loads(run.out)
+    assert (printed["n_reference"], printed["n_data"]) == (50, 50)
+    assert (printed["details"]["reference_rows"], printed["details"]["data_rows"]) == (300, 300)
+    assert printed["details"]["features"] == 6
+    again = cli(*args, "--data", work / "moved.npz", "--max-samples", "50", "--json")
+    assert json.loads(again.out) == printed  # seeded
+
+
+def test_subsample_reads_the_same_rows_from_a_lazy_chunk(work: Path) -> None:
+    from ricordo.data.lazy_sources import lazy_npz
+
+    x = torch.from_numpy(np.load(work / "ref.npz")["x"])
+    lazy = lazy_npz(work / "ref.npz")
+    eager = detect_shift(None, x, x + 0.1, features="raw", max_samples=40, permutations=30)
+    read = detect_shift(None, lazy, x + 0.1, features="raw", max_samples=40, permutations=30)
+    assert read == eager
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "moved.npz"], "features='model' come from a model: pass a state"),
+        (
+            ["--state", "state", "--data", "moved.npz", "--features", "encoder"],
+            "features='encoder' reads a pretrained --backbone, but this state's model has none",
+        ),
+        (["--state", "state", "--data", "wide.npz"], "inputs have feature shape (7,) but the"),
+        (["--features", "raw", "--data", "wide.npz"], "the reference sample has 6 features"),
+        (["--state", "state", "--data", "x.npz"], "x.npz"),
+        (["--features", "pixels", "--data", "moved.npz"], "features='pixels' is not one of"),
+        (["--detector", "t", "--data", "moved.npz"], "detector='t' is not one of mmd, ks"),
+        (["--state", "state", "--data", "moved.npz", "--alpha", "2"], "alpha=2.0 must be"),
+        (["--features", "raw", "--data", "moved.npz", "--max-samples", "-1"], "--max-samples"),
+        (["--data", "moved.npz", "--backbone", "b"], "--config/--backbone/--accept-model-change"),
+    ],
+)
+def test_errors_are_one_line(cli, work: Path, monkeypatch, args: list[str], message: str) -> None:
+    monkeypatch.chdir(work)
+    run = cli("shift", "--reference", "ref.npz", *args)
+    assert run.code == 1, run
+    assert run.out == ""
+    lines = [line for line in run.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ricordo: error: "), run.err
+    assert message in lines[0], lines[0]
+
+
+def test_help_documents_the_exit_status(cli) -> None:
+    run = cli("shift", "--help")
+    assert run.code == 0
+    text = " ".join(run.out.split())
+    assert "Exit status: 0 no shift, 4 shift detected (p <= alpha), 1 error, 2 usage error." in text
+    assert "--dataset-option K=V" in text and "<bool>" not in text
+
+
+def test_encoder_features_of_a_backbone_state(tiny_vit_path: str) -> None:
+    """A frozen backbone's CLS feature is the head's input: encoder and model features agree.
+    With --train-backbone the model's encoder moves; encoder features stay the published
+    encoder's."""
+    from ricordo.models.transformer import load_encoder
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(24, 3, 32, 32, generator=generator)
+    labels = torch.arange(24) % 2
+    frozen = Updater(method="finetune", backbone=tiny_vit_path, epochs=1, progress=False)
+    frozen.update(images, labels)
+    encoder = shift_features("encoder", frozen, images)
+    assert encoder.shape == (24, 32)
+    torch.testing.assert_close(encoder, shift_features("model", frozen, images))
+    darker = detect_shift(frozen, images, images * 0.3, features="encoder", permutations=50)
+    assert darker.shifted and darker.details["features"] == 32
+
+    trained = Updater(
+        method="finetune",
+        backbone=tiny_vit_path,
+        train_backbone=True,
+        epochs=2,
+        lr=0.5,
+        progress=False,
+    )
+    trained.update(images, labels)
+    published = load_encoder(tiny_vit_path).eval()
+    with torch.no_grad():
+        expected = published(images)
+    torch.testing.assert_close(shift_features("encoder", trained, images), expected)
+    assert not torch.allclose(shift_features("model", trained, images), expected)
