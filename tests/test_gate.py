@@ -178,3 +178,17 @@ def test_gate_on_given_data(weeks: list[ArrayDataset]) -> None:
     assert record["gate"]["compared_on"] == "the gate data"
     assert record["gate"]["samples"] == len(test)
     assert record["gate"]["new_accuracy"] == pytest.approx(updater.evaluate(test)["accuracy"])
+
+
+def test_lazy_chunks_hold_out_rows_too(weeks: list[ArrayDataset]) -> None:
+    from ricordo.data import LazyDataset
+
+    chunk = weeks[0]
+    pairs = [(chunk.x[i], int(chunk.y[i])) for i in range(len(chunk))]  # a map-style dataset
+    lazy = Updater(method="finetune", holdout=0.1, **FAST)
+    record = lazy.update(LazyDataset(pairs))
+    eager = Updater(method="finetune", holdout=0.1, **FAST)
+    eager.update(chunk)
+    assert record["data"]["held_out"] == len(lazy.holdout) == len(eager.holdout) > 0
+    assert torch.equal(lazy.holdout.x, eager.holdout.x)  # the same seeded rows
+    assert record["data"]["samples"] == len(chunk) - len(lazy.holdout)
