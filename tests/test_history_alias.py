@@ -176,6 +176,29 @@ def test_alias_to_a_replaced_state_is_refused(fresh: Path) -> None:
         Updater.load(str(fresh / "latest"))
 
 
+def test_aliases_on_an_object_store() -> None:
+    # fsspec's memory:// stands for s3:// and friends: the pointer is one object, no rename.
+    import fsspec
+
+    x = torch.randn(60, 4, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    updater = Updater(method="finetune", epochs=1, progress=False)
+    root = "memory://alias-test"
+    for name in ("v0", "v1"):
+        updater.update(x, y)
+        updater.save(f"{root}/{name}")
+    fs = fsspec.filesystem("memory")
+    before = {p: fs.cat_file(p) for p in fs.find("/alias-test")}
+    publish(f"{root}/v0", "latest")
+    publish(f"{root}/v1", "latest")
+    assert Updater.load(f"{root}/latest").updates == 2
+    assert rollback(f"{root}/latest").target == "v0"
+    assert Updater.load(f"{root}/latest").source_url == f"{root}/v0"
+    after = {p: fs.cat_file(p) for p in fs.find("/alias-test") if not p.endswith("/latest")}
+    assert after == before
+    fs.rm("/alias-test", recursive=True)
+
+
 def test_rollback_of_a_missing_alias(tmp_path: Path) -> None:
     with pytest.raises(StateNotFoundError, match="no alias at"):
         rollback(str(tmp_path / "nowhere" / "latest"))
