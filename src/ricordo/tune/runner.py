@@ -42,6 +42,7 @@ class TrialRecord:
     accuracy_memory: float | None = None
     status: str = "done"
     warm_start: bool = False
+    error: str | None = None  # the last line of a failed trial's error
 
 
 @dataclass
@@ -104,6 +105,8 @@ def tune(
     method = starting.config.method
     space = space if isinstance(space, SearchSpace) else load_space(space, method=method)
     seed = options.get("seed", starting.config.seed)
+    # Trials run in other processes (and folders, or machines): local paths go absolute.
+    state, code, backbone = (_absolute(p) for p in (state, code, backbone))
     job = TrialJob(
         chunk=chunk,
         space=space,
@@ -134,10 +137,11 @@ def tune(
     )
     finished = [t for t in trial_records if t.metric is not None]
     if not finished:
+        errors = [t.error for t in trial_records if t.error]
         raise RicordoError(
-            f"none of the {len(trial_records)} trials reported a metric "
-            f"({trial_records[0].status if trial_records else 'no trial ran'}); no state was "
-            "written"
+            f"none of the {len(trial_records)} trials reported a metric; "
+            + (f"the first failed with: {errors[0]}" if errors else "no trial finished an epoch")
+            + "; --next-state was not written"
         )
     # Best last-reported metric; a tie goes to the trial that trained more, then the earlier.
     best = max(finished, key=lambda t: (t.metric, t.epochs))
@@ -183,6 +187,13 @@ def warm_start_points(history: list[dict[str, Any]], space: SearchSpace) -> list
         if point and point not in points:
             points.append(point)
     return points
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local file or folder as an absolute path; URLs, module:function and names as given."""
+    if path is None or "://" in path or not os.path.exists(path):
+        return path
+    return os.path.abspath(path)
 
 
 def _fresh_options(starting: Any) -> dict[str, Any]:
@@ -317,9 +328,14 @@ def _run_trials(
             log_to_file=True,
         ),
     )
+    # Ray logs every failed trial's traceback; ricordo prints one line per trial instead.
+    tune_logger = logging.getLogger("ray.tune")
+    level = tune_logger.level
+    tune_logger.setLevel(logging.CRITICAL)
     try:
         results = tuner.fit()
     finally:
+        tune_logger.setLevel(level)
         if started:
             ray.shutdown()
     records = [callback.record_of(result) for result in results]
@@ -344,15 +360,16 @@ def _trial_lines(
             self._emit(trial, "done")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._emit(trial, "error")
+            self._emit(trial, "error", _error_line(getattr(trial, "error_file", None)))
 
-        def _emit(self, trial: Any, status: str) -> None:
+        def _emit(self, trial: Any, status: str, error: str | None = None) -> None:
             record = self.record(trial.trial_id, trial.config, trial.last_result, status)
+            record.error = error
             shown = ", ".join(f"{k}={_short(v)}" for k, v in record.config.items())
             metric = "-" if record.metric is None else f"{record.metric:.4f}"
             print(
                 f"trial {record.trial} {status}: {shown}; {record.epochs} epoch(s), "
-                f"{METRIC} {metric}",
+                f"{METRIC} {metric}" + (f" ({error})" if error else ""),
                 file=sys.stderr,
                 flush=True,
             )
@@ -379,9 +396,25 @@ def _trial_lines(
             metrics = result.metrics or {}
             trial_id = metrics.get("trial_id") or os.path.basename(str(result.path))
             status = "error" if result.error is not None else "done"
-            return self.record(str(trial_id), result.config, metrics, status)
+            record = self.record(str(trial_id), result.config, metrics, status)
+            if result.error is not None:
+                record.error = _last_line(str(result.error))
+            return record
 
     return TrialLines()
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _error_line(path: str | None) -> str | None:
+    """The last line of a failed trial's error file (Ray writes the traceback there)."""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, errors="replace") as file:
+        return _last_line(file.read()) or None
 
 
 def _plain(value: Any) -> Any:
