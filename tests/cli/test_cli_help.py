@@ -21,6 +21,7 @@ Cli = Callable[..., CliResult]
 
 COMMANDS = ["data", "update", "evaluate", "predict", "info", "list", "methods", "benchmark"]
 COMMANDS += ["report"]
+COMMANDS += ["history", "diff", "publish", "rollback"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(UpdateConfig)}
 
