@@ -31,18 +31,20 @@ def _npz(path: Path, chunk: object) -> str:
 
 
 def test_cli_tune_writes_best_state_with_every_trial(
-    digits_scenario: Scenario, tmp_path: Path
+    digits_scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Relative paths, as typed in a shell: the trials run in other processes and folders."""
+    monkeypatch.chdir(tmp_path)
     first = Updater(method="er", memory_size=100, epochs=2, progress=False, threads=1)
     first.update(digits_scenario.train[0])
     first.save(str(tmp_path / "v0"))
     (tmp_path / "space.yaml").write_text(SPACE)
     args = [
         "tune",
-        "--data", _npz(tmp_path / "train-1.npz", digits_scenario.train[1]),
-        "--state", str(tmp_path / "v0"),
-        "--next-state", str(tmp_path / "v1"),
-        "--space", str(tmp_path / "space.yaml"),
+        "--data", _npz(Path("train-1.npz"), digits_scenario.train[1]),
+        "--state", "v0",
+        "--next-state", "v1",
+        "--space", "space.yaml",
         "--scheduler", "asha",
         "--trials", "4",
         "--max-epochs", "2",

@@ -161,3 +161,15 @@ def test_warm_start_points_most_recent_first() -> None:
         {"lr": 0.05, "momentum": 0.0},
         {"lr": 0.1, "momentum": 0.9},
     ]
+
+
+def test_missing_ray_is_one_line_with_the_extra(
+    digits_scenario: Scenario, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from ricordo.tune import tune
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(ConfigError, match=r'not installed; pip install "ricordo\[hpo\]"'):
+        tune(digits_scenario.train[0], space={"lr": {"uniform": [0.01, 0.1]}}, trials=1)
