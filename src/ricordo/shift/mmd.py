@@ -141,11 +141,11 @@ def mmd_statistics(
         raise ConfigError(f"groups must be a bool tensor (K, {n}), got {tuple(groups.shape)}")
     x = pooled - pooled.mean(0)  # distances unchanged; smaller norms lose less to cancellation
     squares = (x * x).sum(1)
-    indicators = groups.T.to(x.dtype)  # (N, K)
+    # Group indicators (N, K) and a column of ones: the last column of K A is then K 1.
+    indicators = torch.cat([groups.T, groups.new_ones(n, 1)], dim=1).to(x.dtype)
     gamma = 1.0 / (2.0 * bandwidth**2)
     block = max(1, block_elements // n)
     products = torch.zeros_like(indicators)  # K A
-    rows = torch.zeros(n, dtype=torch.float64, device=x.device)  # K 1
     shift: float | None = None
     # The kernel is symmetric: strip i holds rows start:stop and only the columns from start
     # on; its part right of the diagonal block stands in, transposed, for the rows below.
@@ -159,14 +159,16 @@ def mmd_statistics(
             shift = float(kernel.mean())
         kernel.sub_(shift)
         products[start:stop] += kernel @ indicators[start:]
-        rows[start:stop] += kernel.sum(1, dtype=torch.float64)
-        below = kernel[:, stop - start :]
-        if below.shape[1]:
-            products[stop:] += below.T @ indicators[start:stop]
-            rows[stop:] += below.sum(0, dtype=torch.float64)
-    within = (products.double() * indicators.double()).sum(0)  # a'Ka
-    member_rows = indicators.double().T @ rows  # a'r
+        if stop < n:
+            products[stop:] += kernel[:, stop - start :].T @ indicators[start:stop]
+    rows = products[:, -1].double()  # K 1
     total = rows.sum()  # 1'K1
+    within = torch.zeros(groups.shape[0], dtype=torch.float64, device=x.device)  # a'Ka
+    member_rows = torch.zeros_like(within)  # a'r
+    for start in range(0, n, block):  # float64 sums, a block of rows at a time
+        part = indicators[start : start + block, :-1].double()
+        within += (products[start : start + block, :-1].double() * part).sum(0)
+        member_rows += part.T @ rows[start : start + block]
     assert shift is not None
     n0 = groups.sum(1).double()
     n1 = n - n0
