@@ -112,7 +112,7 @@ def tune(
         space=space,
         max_epochs=max_epochs,
         state=state,
-        options=dict(options) if state is not None else _fresh_options(starting),
+        options=dict(options) if state is not None else _fresh_options(starting, code),
         holdout=tune_holdout,
         seed=seed,
         threads=threads_per_trial,
@@ -196,9 +196,11 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path)
 
 
-def _fresh_options(starting: Any) -> dict[str, Any]:
-    """A new lineage's options: its whole config minus what each trial sets itself."""
+def _fresh_options(starting: Any, code: str | None) -> dict[str, Any]:
+    """A new lineage's options: its whole config, its model code where the trials find it."""
     options = starting.config.to_dict()
+    if code is not None:
+        options["config"] = code
     options["hidden"] = tuple(options["hidden"])
     options["logger"] = ()
     return options
