@@ -185,3 +185,16 @@ def test_encoder_features_of_a_backbone_state(tiny_vit_path: str) -> None:
         expected = published(images)
     torch.testing.assert_close(shift_features("encoder", trained, images), expected)
     assert not torch.allclose(shift_features("model", trained, images), expected)
+
+
+def test_example_finds_the_shifted_batches(tmp_path: Path, capsys) -> None:
+    """examples/shift_detection.py: fresh digits pass, darker digits and a batch of two classes
+    are flagged, by every detector and feature source it uses."""
+    import runpy
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "shift_detection.py"
+    results = runpy.run_path(str(example))["main"](str(tmp_path / "example"))
+    for name, by_detector in results.items():
+        for how, result in by_detector.items():
+            assert result.shifted == (name != "same kind"), (name, how, result)
+    assert "darker          model mmd  shift detected: mmd score" in capsys.readouterr().out
