@@ -198,3 +198,23 @@ def test_example_finds_the_shifted_batches(tmp_path: Path, capsys) -> None:
         for how, result in by_detector.items():
             assert result.shifted == (name != "same kind"), (name, how, result)
     assert "darker          model mmd  shift detected: mmd score" in capsys.readouterr().out
+
+
+def test_image_folders_are_read_sample_by_sample(cli, tmp_path: Path) -> None:
+    """--dataset image-folder: a seeded subsample of each folder, brighter images flagged."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, mean in (("ref", 100), ("same", 100), ("bright", 160)):
+        for label in ("a", "b"):
+            folder = tmp_path / name / label
+            folder.mkdir(parents=True)
+            for i in range(15):
+                pixels = np.clip(rng.normal(mean, 30, (8, 8)), 0, 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    args = ["shift", "--features", "raw", "--dataset", "image-folder", "--reference"]
+    args += [tmp_path / "ref", "--max-samples", "20", "--permutations", "100", "--data"]
+    same = cli(*args, tmp_path / "same")
+    assert same.code == 0 and "(20 reference / 20 new samples)" in same.out, same
+    bright = cli(*args, tmp_path / "bright")
+    assert bright.code == 4, bright

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ricordo.data import Scenario
-from ricordo.errors import ConfigError
+from ricordo.errors import ConfigError, RicordoError
 from ricordo.memory import TensorMemory
 from ricordo.tune import load_space, score, split_for_tuning, warm_start_points
 from ricordo.updater import Updater
@@ -173,3 +173,32 @@ def test_missing_ray_is_one_line_with_the_extra(
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(ConfigError, match=r'not installed; pip install "ricordo\[hpo\]"'):
         tune(digits_scenario.train[0], space={"lr": {"uniform": [0.01, 0.1]}}, trials=1)
+
+
+def test_fixed_options_are_checked_before_any_trial(
+    digits_scenario: Scenario, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused before the search: with Ray hidden, reaching it would raise another error."""
+    import sys
+
+    from ricordo.tune import tune
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    updater = Updater(method="er", memory_size=20, epochs=1, progress=False, threads=1)
+    updater.update(digits_scenario.train[0])
+    updater.save(str(tmp_path / "v0"))
+    space = {"lr": {"uniform": [0.01, 0.1]}}
+    state = str(tmp_path / "v0")
+    chunk = digits_scenario.train[1]
+    with pytest.raises(ConfigError, match=r"\['memory_size'\] are fixed for this lineage"):
+        tune(chunk, space=space, state=state, memory_size=10)
+    with pytest.raises(ConfigError, match="--momentum 2 is invalid"):
+        tune(chunk, space=space, state=state, momentum=2)
+    with pytest.raises(ConfigError, match=r"has no parameter\(s\) \['alpha'\]"):
+        tune(chunk, space=space, state=state, params={"alpha": 1})
+    with pytest.raises(ConfigError, match="--scheduler 'hyperband' is unknown"):
+        tune(chunk, space=space, state=state, scheduler="hyperband")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    with pytest.raises(RicordoError, match="taken"):
+        tune(chunk, space=space, state=state, next_state=str(tmp_path / "taken"))

@@ -45,6 +45,25 @@ class TrialRecord:
     error: str | None = None  # the last line of a failed trial's error
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """How the trials are searched and scheduled (the arguments of :func:`tune`)."""
+
+    scheduler: str
+    trials: int
+    max_epochs: int
+    max_time: float | None
+    ray_address: str | None
+    trials_dir: str | None
+    seed: int
+    # The best configurations of earlier jobs, tried first (at most ``trials`` of them).
+    warm: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def grid(self) -> bool:
+        return self.scheduler == "grid"
+
+
 @dataclass
 class TuneResult:
     """What :func:`tune` returns: the updated Updater (the best configuration's update, also
@@ -91,6 +110,11 @@ def tune(
     _check_arguments(scheduler, trials, max_epochs, max_time, threads_per_trial)
     from ricordo.updater import Updater
 
+    if next_state is not None:  # fail now, not after the search, if it cannot be written
+        from ricordo.state import check_writable
+
+        check_writable(next_state, overwrite=overwrite)
+
     code = model_code
     if state is None:
         starting = Updater(config=code, **options) if code else Updater(**options)
@@ -98,6 +122,8 @@ def tune(
         starting = Updater.load(
             state, model=code, backbone=backbone, accept_model_change=accept_model_change
         )
+    if state is not None:
+        _check_fixed_options(starting, options)
     if isinstance(data, LazyDataset):
         raise ConfigError("tuning reads the chunk into memory; load it without --lazy")
     chunk = load_data(data, columns=starting.feature_names, tokenize=starting.tokenizer)
@@ -120,21 +146,20 @@ def tune(
         backbone=backbone,
         accept_model_change=accept_model_change,
     )
-    warm = warm_start_points(starting.history, space)
-    trial_records = _run_trials(
-        job,
-        space,
-        scheduler,
-        trials,
-        max_epochs,
-        max_time,
-        ray_address,
-        warm,
-        trials_dir,
-        on_trial,
-        seed,
-        len(starting.history),
+    warm = [] if scheduler == "grid" else warm_start_points(starting.history, space)[:trials]
+    plan = SearchPlan(
+        scheduler=scheduler,
+        trials=trials,
+        max_epochs=max_epochs,
+        max_time=max_time,
+        ray_address=ray_address,
+        trials_dir=trials_dir,
+        # Another seed per update: the same --seed must not replay the previous job's samples
+        # (its best configuration is already among the warm-start points).
+        seed=(seed * 1_000_003 + len(starting.history)) % 2**32,
+        warm=tuple(warm),
     )
+    trial_records = _run_trials(job, plan, on_trial)
     finished = [t for t in trial_records if t.metric is not None]
     if not finished:
         errors = [t.error for t in trial_records if t.error]
@@ -151,7 +176,7 @@ def tune(
         final_options.pop(key)
         if key in options:
             final_options[key] = options[key]
-    updater, _ = _final_start(job)
+    updater = _final_start(job)
     updater.update(chunk, **final_options)
     record = {
         "scheduler": scheduler,
@@ -189,6 +214,24 @@ def warm_start_points(history: list[dict[str, Any]], space: SearchSpace) -> list
     return points
 
 
+def _check_fixed_options(starting: Any, options: dict[str, Any]) -> None:
+    """Refuse now what every trial's update would refuse: a change of a lineage field, a bad
+    value, an unknown method parameter."""
+    from ricordo.config import LINEAGE_FIELDS
+    from ricordo.methods import METHODS, parse_params
+
+    changed = sorted(
+        k for k in options if k in LINEAGE_FIELDS and options[k] != getattr(starting.config, k)
+    )
+    if changed:
+        raise ConfigError(
+            f"option(s) {changed} are fixed for this lineage (stored in the state); tune a new "
+            "lineage (without --state) to change them"
+        )
+    config = starting.config.replace(**{k: v for k, v in options.items() if k != "params"})
+    parse_params(METHODS.get(config.method), {**config.params, **options.get("params", {})})
+
+
 def _absolute(path: str | None) -> str | None:
     """A local file or folder as an absolute path; URLs, module:function and names as given."""
     if path is None or "://" in path or not os.path.exists(path):
@@ -206,18 +249,18 @@ def _fresh_options(starting: Any, code: str | None) -> dict[str, Any]:
     return options
 
 
-def _final_start(job: TrialJob) -> tuple[Any, Any]:
+def _final_start(job: TrialJob) -> Any:
     """The Updater the final update starts from: the loaded state (whole memory) or new."""
     from ricordo.updater import Updater
 
     if job.state is None:
-        return Updater(**job.options), None
+        return Updater(**job.options)
     return Updater.load(
         job.state,
         model=job.model_code,
         backbone=job.backbone,
         accept_model_change=job.accept_model_change,
-    ), None
+    )
 
 
 def _validation_summary(job: TrialJob) -> dict[str, Any]:
@@ -268,19 +311,9 @@ def _start_ray(address: str | None) -> bool:
 
 
 def _run_trials(
-    job: TrialJob,
-    space: SearchSpace,
-    scheduler_name: str,
-    trials: int,
-    max_epochs: int,
-    max_time: float | None,
-    ray_address: str | None,
-    warm: list[dict[str, Any]],
-    trials_dir: str | None,
-    on_trial: Callable[[TrialRecord], None] | None,
-    seed: int,
-    len_history: int,
+    job: TrialJob, plan: SearchPlan, on_trial: Callable[[TrialRecord], None] | None
 ) -> list[TrialRecord]:
+    """Run the trials on Ray Tune; their records in the order Ray created them."""
     ray = _import_ray()
     from ray import tune as ray_tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -291,19 +324,17 @@ def _run_trials(
     # auto loggers): ricordo prints one line per finished trial instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    started = _start_ray(ray_address)
-    storage = trials_dir or tempfile.mkdtemp(prefix="ricordo-tune-")
-    grid = scheduler_name == "grid"
-    param_space = space.to_ray(grid=grid)
+    grid, space = plan.grid, job.space
+    param_space = space.to_ray(grid=grid)  # before Ray starts: a bad grid fails at once
     scheduler = make_scheduler(
-        scheduler_name, metric=METRIC, mode=MODE, max_epochs=max_epochs, seed=seed
+        plan.scheduler, metric=METRIC, mode=MODE, max_epochs=plan.max_epochs, seed=plan.seed
     )
-    # Warm-start points come first; the search then samples the rest of the budget.
+    started = _start_ray(plan.ray_address)
+    storage = plan.trials_dir or tempfile.mkdtemp(prefix="ricordo-tune-")
+    # Warm-start points come first (Ray counts them in num_samples); then random samples.
     search = BasicVariantGenerator(
-        points_to_evaluate=None if grid else [dict(p) for p in warm] or None,
-        # Another job's seed per update: the same --seed must not replay the previous job's
-        # samples (the warm-start points already repeat its best one).
-        random_state=(seed * 1_000_003 + len_history) % 2**32,
+        points_to_evaluate=[dict(p) for p in plan.warm] or None,
+        random_state=plan.seed,
         constant_grid_search=grid,
     )
     callback = _trial_lines(space, on_trial)
@@ -312,12 +343,12 @@ def _run_trials(
         param_space=param_space,
         tune_config=ray_tune.TuneConfig(
             # ASHA and PASHA carry the metric themselves; Ray refuses it twice.
-            metric=METRIC if scheduler_name in ("random", "grid") else None,
-            mode=MODE if scheduler_name in ("random", "grid") else None,
+            metric=METRIC if plan.scheduler in ("random", "grid") else None,
+            mode=MODE if plan.scheduler in ("random", "grid") else None,
             search_alg=search,
             scheduler=scheduler,
-            num_samples=1 if grid else max(trials - len(warm), 0) + len(warm),
-            time_budget_s=max_time,
+            num_samples=1 if grid else plan.trials,
+            time_budget_s=plan.max_time,
             # A trial's process is reused by the next trial (imports torch once per worker).
             reuse_actors=True,
         ),
@@ -335,17 +366,16 @@ def _run_trials(
     level = tune_logger.level
     tune_logger.setLevel(logging.CRITICAL)
     try:
-        results = tuner.fit()
+        records = [callback.record_of(result) for result in tuner.fit()]
     finally:
         tune_logger.setLevel(level)
         if started:
             ray.shutdown()
-    records = [callback.record_of(result) for result in results]
+        if plan.trials_dir is None:  # the temporary trial folders (checkpoints) go
+            shutil.rmtree(storage, ignore_errors=True)
     records.sort(key=lambda r: r.trial)  # Ray numbers trials in the order it created them
     for index, record in enumerate(records):  # the search proposes the warm points first
-        record.warm_start = not grid and index < len(warm)
-    if trials_dir is None:
-        shutil.rmtree(storage, ignore_errors=True)
+        record.warm_start = index < len(plan.warm)
     return records
 
 
