@@ -19,7 +19,8 @@ SPACE = "lr: {loguniform: [0.02, 0.2]}\nmomentum: {choice: [0.0, 0.9]}\nweight_d
 @pytest.fixture(scope="module", autouse=True)
 def embedded_ray() -> Iterator[None]:
     """One Ray for the module (ricordo tune reuses a running Ray and leaves it running)."""
-    ray = pytest.importorskip("ray")  # the hpo/dev extra; CI installs it
+    import ray  # the hpo and dev extras: missing it is a failure, not a skip
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
