@@ -19,7 +19,7 @@ from ricordo.shift import ShiftResult, detect_shift
 
 def main(folder: str = "shift-example") -> dict[str, dict[str, ShiftResult]]:
     train, test = load_builtin("digits")  # 1437 training and 360 test images, 10 classes
-    updater = Updater(method="finetune", epochs=5, lr=0.05, seed=0, progress=False)
+    updater = Updater(method="finetune", epochs=3, lr=0.05, seed=0, progress=False)
     updater.update(train)
     updater.save(f"{folder}/v0", overwrite=True)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ricordo.cli import SHIFT_DETECTED
-from ricordo.shift import detect_shift, shift_features
+from ricordo.shift import detect_shift
 from ricordo.updater import Updater
 
 
@@ -152,39 +152,6 @@ def test_help_documents_the_exit_status(cli) -> None:
     text = " ".join(run.out.split())
     assert "Exit status: 0 no shift, 4 shift detected (p <= alpha), 1 error, 2 usage error." in text
     assert "--dataset-option K=V" in text and "<bool>" not in text
-
-
-def test_encoder_features_of_a_backbone_state(tiny_vit_path: str) -> None:
-    """A frozen backbone's CLS feature is the head's input: encoder and model features agree.
-    With --train-backbone the model's encoder moves; encoder features stay the published
-    encoder's."""
-    from ricordo.models.transformer import load_encoder
-
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(24, 3, 32, 32, generator=generator)
-    labels = torch.arange(24) % 2
-    frozen = Updater(method="finetune", backbone=tiny_vit_path, epochs=1, progress=False)
-    frozen.update(images, labels)
-    encoder = shift_features("encoder", frozen, images)
-    assert encoder.shape == (24, 32)
-    torch.testing.assert_close(encoder, shift_features("model", frozen, images))
-    darker = detect_shift(frozen, images, images * 0.3, features="encoder", permutations=50)
-    assert darker.shifted and darker.details["features"] == 32
-
-    trained = Updater(
-        method="finetune",
-        backbone=tiny_vit_path,
-        train_backbone=True,
-        epochs=2,
-        lr=0.5,
-        progress=False,
-    )
-    trained.update(images, labels)
-    published = load_encoder(tiny_vit_path).eval()
-    with torch.no_grad():
-        expected = published(images)
-    torch.testing.assert_close(shift_features("encoder", trained, images), expected)
-    assert not torch.allclose(shift_features("model", trained, images), expected)
 
 
 def test_example_finds_the_shifted_batches(tmp_path: Path, capsys) -> None:
