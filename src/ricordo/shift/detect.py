@@ -55,7 +55,7 @@ def detect_shift(
     """
     if detector not in DETECTORS:
         raise ConfigError(f"detector={detector!r} is not one of {', '.join(DETECTORS)}")
-    check_source(features)
+    check_source(features, has_state=state is not None)  # before reading anything
     updater = load_updater(
         state, backbone=backbone, model=model, accept_model_change=accept_model_change
     )

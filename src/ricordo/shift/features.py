@@ -44,17 +44,12 @@ def shift_features(
     ``model`` and ``accept_model_change`` as :meth:`Updater.load` takes them. ``x``: a tensor
     or anything :func:`ricordo.shift.inputs.read_inputs` reads.
     """
-    check_source(source)
+    check_source(source, has_state=updater_or_state is not None)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1")
     updater = load_updater(
         updater_or_state, backbone=backbone, model=model, accept_model_change=accept_model_change
     )
-    if updater is None and source != "raw":
-        raise ConfigError(
-            f"features={source!r} come from a model: pass a state (CLI: --state DIR), or "
-            "compare the inputs themselves with features='raw' (CLI: --features raw)"
-        )
     if not isinstance(x, Tensor):
         from ricordo.shift.inputs import read_inputs
 
@@ -70,9 +65,16 @@ def shift_features(
     return _encoder_features(updater, x, batch_size)
 
 
-def check_source(source: str) -> str:
+def check_source(source: str, *, has_state: bool = True) -> str:
+    """``source`` if it names a feature source that can be computed (all but ``"raw"`` need a
+    state), else a one-line ConfigError."""
     if source not in FEATURE_SOURCES:
         raise ConfigError(f"features={source!r} is not one of {', '.join(FEATURE_SOURCES)}")
+    if not has_state and source != "raw":
+        raise ConfigError(
+            f"features={source!r} come from a model: pass a state (CLI: --state DIR), or "
+            "compare the inputs themselves with features='raw' (CLI: --features raw)"
+        )
     return source
 
 
