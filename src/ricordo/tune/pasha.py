@@ -408,8 +408,9 @@ class PASHAScheduler(TrialScheduler):  # type: ignore[misc, valid-type]
     promote them), so the experiment ends.
 
     Ray itself starts PENDING trials whenever resources are free; with many trials queued the new
-    ones can start before a promotion is staged. Setting ``TUNE_MAX_PENDING_TRIALS_PG=1`` before
-    the tuner is built keeps ASHA's order (promote first, else a new trial).
+    ones can start before a promotion is staged. ``TUNE_MAX_PENDING_TRIALS_PG=1`` in the
+    environment before the tuner is built (``ricordo.tune.tune`` sets it) keeps ASHA's order:
+    promote first, else a new trial.
     """
 
     _supports_buffered_results = False  # one decision per epoch

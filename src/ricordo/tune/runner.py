@@ -324,6 +324,10 @@ def _run_trials(
     # auto loggers): ricordo prints one line per finished trial instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Ray starts every PENDING trial as soon as a CPU frees, and by default queues up to 200 new
+    # ones: a trial PASHA promotes would wait behind all of them. One queued new trial at a time
+    # keeps ASHA's order (a free worker resumes a promotable paused trial first).
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1")
     grid, space = plan.grid, job.space
     param_space = space.to_ray(grid=grid)  # before Ray starts: a bad grid fails at once
     scheduler = make_scheduler(
