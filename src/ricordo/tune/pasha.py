@@ -30,8 +30,11 @@ Departures, each deliberate:
   pair whose curves lack an earlier epoch is skipped at that epoch instead of raising ``KeyError``.
 * With a single rung there is no second rung to start at: the maximum resource is ``max_t`` from
   the start (the authors' code would fail there); PASHA is then ASHA.
+* Ending: Syne Tune stops the whole experiment after a number of trials and leaves the rest
+  paused; Ray waits for every trial, so :class:`PASHAScheduler` stops the paused trials once
+  nothing runs, nothing is pending and none can be promoted.
 
-:class:`PASHAScheduler` adapts it to Ray Tune (imported only when Ray is installed): each result
+:class:`PASHAScheduler` adapts it to Ray Tune (it refuses in one line without Ray): each result
 is CONTINUE (between milestones), PAUSE (at a rung; Ray checkpoints the trial) or STOP (at
 ``max_t``), and ``choose_trial_to_run`` resumes a promotable paused trial first, then a new
 (PENDING) trial, like ASHA's free worker.
