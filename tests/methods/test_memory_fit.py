@@ -81,8 +81,8 @@ def test_engine_runs_fitting_epochs_at_the_scheduled_rates(
     rates: list[float] = []
     make = loop.make_optimizer
 
-    def recording(model: torch.nn.Module, config: object) -> torch.optim.Optimizer:
-        optimizer = make(model, config)  # type: ignore[arg-type]
+    def recording(model: torch.nn.Module, config: object, *extra: object) -> torch.optim.Optimizer:
+        optimizer = make(model, config, *extra)  # type: ignore[arg-type]
         optimizer.register_step_pre_hook(lambda o, *_: rates.append(o.param_groups[0]["lr"]))
         return optimizer
 
