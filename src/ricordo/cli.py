@@ -190,7 +190,10 @@ NumClasses = Annotated[
         "start and never grows (default: it grows with the labels seen).",
     ),
 ]
-Optimizer = Annotated[str | None, typer.Option(help="sgd, adam or adamw.")]
+Optimizer = Annotated[
+    str | None,
+    typer.Option(help="sgd, momentum, adam, adamw, signsgd, signum, svag or m-svag."),
+]
 Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
 Momentum = Annotated[float | None, typer.Option(help="SGD momentum.")]
 WeightDecay = Annotated[float | None, typer.Option(help="Weight decay.")]

@@ -13,7 +13,6 @@ from typing import Any
 
 from ricordo.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
 BACKENDS = ("auto", "torch", "fabric")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 MEMORY_INSERTS = ("every-epoch", "once")
@@ -148,7 +147,14 @@ class UpdateConfig:
             self.train_backbone,
             "true only with a --backbone",
         )
-        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        from ricordo.optim.registry import OPTIMIZERS  # the names make_optimizer builds
+
+        _check(
+            self.optimizer in OPTIMIZERS,
+            "optimizer",
+            self.optimizer,
+            f"one of {', '.join(OPTIMIZERS)}",
+        )
         _check(self.backend in BACKENDS, "backend", self.backend, f"one of {BACKENDS}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
         # Numbers: type, finiteness and range, so a typo fails here and not as a loss of 4.8e34

@@ -30,6 +30,7 @@ from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
 from ricordo.errors import TrainingDivergedError
 from ricordo.methods.base import Batch, Method, UpdateContext
+from ricordo.optim.registry import build_optimizer
 
 # The divergence rule of DivergenceGuard (documented in the README, section Errors).
 DIVERGED_LOSS_FLOOR = 1e4
@@ -71,18 +72,19 @@ class TrainReport:
 def make_optimizer(
     model: nn.Module, config: UpdateConfig, extra: Sequence[nn.Parameter] = ()
 ) -> torch.optim.Optimizer:
-    """The configured optimizer over ``model``'s parameters that require grad, plus ``extra``
-    (parameters a method owns outside the model: ``Method.extra_parameters``)."""
+    """The configured optimizer (``--optimizer``, a name of ``ricordo.optim.OPTIMIZERS``) over
+    ``model``'s parameters that require grad, plus ``extra`` (parameters a method owns outside
+    the model: ``Method.extra_parameters``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     known = {id(p) for p in params}
     params += [p for p in extra if id(p) not in known]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return build_optimizer(
+        config.optimizer,
+        params,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
 
 
 def split_validation(

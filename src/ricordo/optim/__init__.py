@@ -1,4 +1,5 @@
-"""Optimisation tools shared by several methods: per-example gradients and their statistics."""
+"""Optimisation tools: per-example gradients and their statistics (shared by several methods),
+and the optimisers an update job can name (``OPTIMIZERS``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,19 @@ from ricordo.optim.per_example import (
     last_layer_kernel,
     per_example_grads,
 )
+from ricordo.optim.registry import OPTIMIZERS, OptimizerFactory, build_optimizer
+from ricordo.optim.sign import SignSGD, Signum
+from ricordo.optim.variance_adapted import MSVAG, SVAG, VarianceAdaptedSGD
 
 __all__ = [
+    "MSVAG",
+    "OPTIMIZERS",
+    "SVAG",
+    "OptimizerFactory",
+    "SignSGD",
+    "Signum",
+    "VarianceAdaptedSGD",
+    "build_optimizer",
     "flatten_grads",
     "grad_moments",
     "gradient_kernel",
