@@ -157,7 +157,18 @@ Param = Annotated[
 MemorySize = Annotated[int | None, typer.Option(help="Rehearsal memory capacity.")]
 MemoryPolicy = Annotated[
     str | None,
-    typer.Option(help="Memory policy: reservoir, class-balanced, sliding-window or herding."),
+    typer.Option(
+        help="Memory policy: reservoir, class-balanced, sliding-window, herding or "
+        "gradient-matching."
+    ),
+]
+MemoryOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--memory-option",
+        metavar="K=V",
+        help="Memory policy option, e.g. initialisations=5 (gradient-matching); repeat.",
+    ),
 ]
 MemoryStorage = Annotated[
     str | None, typer.Option(help="Memory storage: ram, or mmap (files; larger than RAM).")
@@ -344,6 +355,7 @@ def _config_options(given: dict[str, Any]) -> dict[str, Any]:
 
     values = {k: given[k] for k in field_names() if k in given}
     values["model_options"] = _pairs(given.get("model_option"), "--model-option")
+    values["memory_options"] = _pairs(given.get("memory_option"), "--memory-option")
     values["params"] = _pairs(given.get("param"), "--param")
     return _options(**values)
 
@@ -371,7 +383,7 @@ def _options(**given: Any) -> dict[str, Any]:
         # A file is resolved (benchmark runs may start elsewhere); module:function stays as is.
         path = Path(options["config"]).expanduser()
         options["config"] = str(path.resolve()) if path.is_file() else str(options["config"])
-    for key in ("params", "model_options"):
+    for key in ("params", "model_options", "memory_options"):
         if key in options and not options[key]:
             del options[key]
     return options
@@ -520,6 +532,7 @@ def update(
     param: Param = None,
     memory_size: MemorySize = None,
     memory_policy: MemoryPolicy = None,
+    memory_option: MemoryOption = None,
     memory_storage: MemoryStorage = None,
     memory_dir: MemoryDir = None,
     memory_insert: MemoryInsert = None,
@@ -774,6 +787,7 @@ def tune(
     param: Param = None,
     memory_size: MemorySize = None,
     memory_policy: MemoryPolicy = None,
+    memory_option: MemoryOption = None,
     memory_storage: MemoryStorage = None,
     memory_dir: MemoryDir = None,
     memory_insert: MemoryInsert = None,
@@ -1363,6 +1377,7 @@ def benchmark(
     param: Param = None,
     memory_size: MemorySize = None,
     memory_policy: MemoryPolicy = None,
+    memory_option: MemoryOption = None,
     memory_storage: MemoryStorage = None,
     memory_dir: MemoryDir = None,
     memory_insert: MemoryInsert = None,
@@ -1591,6 +1606,121 @@ def report(
     typer.echo(f"{len(runs)} runs of {len(summaries)} methods -> {out}")
     for path in written.values():
         typer.echo(f"  {path}")
+
+
+@app.command()
+def optbench(
+    problems: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated test problems (default: all; see --list)."),
+    ] = None,
+    optimizers: Annotated[
+        str, typer.Option(help="Comma-separated optimizers (see --list).")
+    ] = "sgd,momentum,adam",
+    seeds: Annotated[
+        int | None,
+        typer.Option(help="Seeds the best learning rate is run with (default: the budget's)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="New or empty folder for the runs' JSON, the plots and table.tex."),
+    ] = None,
+    budget: Annotated[
+        str,
+        typer.Option(
+            help="quick (about a minute), medium (minutes) or full (DeepOBS's: 36 learning "
+            "rates, 10 seeds, its epochs; hours on a CPU)."
+        ),
+    ] = "full",
+    quick: Annotated[bool, typer.Option("--quick", help="Same as --budget quick.")] = False,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs for every problem (default: the budget's).")
+    ] = None,
+    lrs: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated learning rates instead of the budget's log grid."),
+    ] = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="P=V",
+            help="Convergence performance of problem P for the speed measure (accuracy as a "
+            "fraction); repeat. Default: the weakest baseline's final performance.",
+        ),
+    ] = None,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the problems, optimizers and budgets.")
+    ] = False,
+) -> None:
+    """Benchmark optimizers the DeepOBS way: a learning-rate grid, the best re-run over seeds.
+
+    Prints the table (final performance, speed, tuneability) and writes one JSON per run,
+    learning-curves.png, lr-sensitivity.png, table.tex and summary.json into --output.
+    """
+    if list_:
+        _optbench_list()
+        return
+    if output is None:
+        raise ConfigError("ricordo optbench needs --output DIR (a new or empty folder)")
+    from rich.console import Console
+
+    from ricordo.optbench.runner import run
+    from ricordo.optbench.table import rich_table
+
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    try:
+        grid = None if lrs is None else [float(x) for x in names(lrs) or []]
+    except ValueError:
+        raise ConfigError(f"--lrs {lrs!r} must be comma-separated numbers, e.g. 0.01,0.1") from None
+    try:
+        thresholds = {k: float(v) for k, v in _pairs(threshold, "--threshold").items()}
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--threshold {threshold} must be PROBLEM=NUMBER, e.g. digits_mlp=0.9"
+        ) from None
+
+    def progress(setting: Any) -> None:
+        typer.echo(
+            f"{setting.problem} {setting.optimizer}: best lr {setting.best_lr:.3g} of "
+            f"{len(setting.grid)}, {len(setting.runs)} seeds",
+            err=True,
+        )
+
+    result = run(
+        problems=names(problems),
+        optimizers=names(optimizers) or [],
+        seeds=seeds,
+        output=output,
+        budget="quick" if quick else budget,
+        epochs=epochs,
+        lrs=grid,
+        thresholds=thresholds or None,
+        on_setting=progress,
+        command=" ".join(["ricordo", *sys.argv[1:]]),
+    )
+    Console(width=140).print(rich_table(result))
+    typer.echo(f"{sum(len(s.grid) + len(s.runs) - 1 for s in result.settings)} runs -> {output}")
+
+
+def _optbench_list() -> None:
+    from ricordo.optbench.optimizers import BASELINES, optimizer_names
+    from ricordo.optbench.problems import PROBLEMS
+    from ricordo.optbench.protocol import BUDGETS
+
+    typer.echo("problems (batch size, full epochs, metric; the DeepOBS problem it scales down):")
+    for p in PROBLEMS.values():
+        typer.echo(
+            f"  {p.name:<15} {p.batch_size:>4} {p.epochs:>4}  test {p.metric:<9} "
+            f"{p.deepobs}: {p.description}"
+        )
+    typer.echo("optimizers (baselines: " + ", ".join(BASELINES) + "):")
+    typer.echo("  " + ", ".join(optimizer_names()))
+    typer.echo("budgets (learning rates from 1e-5 to 1e2, seeds, epochs per problem):")
+    for b in BUDGETS.values():
+        epochs = ", ".join(f"{k} {v}" for k, v in b.epochs.items())
+        typer.echo(f"  {b.name:<7} {b.grid_points:>2} lrs, {b.seeds:>2} seeds; {epochs}")
 
 
 def main() -> None:

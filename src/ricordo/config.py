@@ -50,6 +50,10 @@ class UpdateConfig:
     params: dict[str, Any] = field(default_factory=dict)
     memory_size: int = 500
     memory_policy: str = "reservoir"
+    # --memory-option K=V values of the memory policy (gradient-matching's initialisations,
+    # layers, pool...; ricordo.memory.gradient_matching). Not a lineage field: they steer how
+    # the memory is re-selected at the end of each update and may change between updates.
+    memory_options: dict[str, Any] = field(default_factory=dict)
     memory_storage: str = "ram"  # "ram" or "mmap" (memory-mapped .npy files: larger than RAM)
     max_classes: int = 1000  # the most classes a growing head may reach (num_classes None)
     # The output layer's width when the classes are known (as Mammoth's networks): N columns from
@@ -113,6 +117,7 @@ class UpdateConfig:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "model_options", dict(self.model_options))
         object.__setattr__(self, "params", dict(self.params))
+        object.__setattr__(self, "memory_options", dict(self.memory_options))
         object.__setattr__(self, "precision", str(self.precision))
         from ricordo.engine.loggers import logger_specs
 
@@ -229,6 +234,10 @@ class UpdateConfig:
             self.memory_dir,
             "no folder unless --memory-storage mmap",
         )
+        from ricordo.memory.policies import POLICIES
+
+        if self.memory_policy in POLICIES:  # an unknown name is refused when the memory is built
+            POLICIES.get(self.memory_policy).check_options(self.memory_options)
         _check(
             _is_int(self.max_classes) and self.max_classes >= 1,
             "max_classes",

@@ -72,7 +72,14 @@ INFO_KEYS = ("library_version",)
 PRESET_KEY = "preset"
 ALIASES = {"method": "methods", "seed": "seeds"}
 # Dict-valued keys: a CLI override merges into the file's dict instead of replacing it.
-DICT_KEYS = ("dataset_options", "scenario_options", "params", "model_options", "method_options")
+DICT_KEYS = (
+    "dataset_options",
+    "scenario_options",
+    "params",
+    "model_options",
+    "memory_options",
+    "method_options",
+)
 _PATH_KEYS = ("data_dir", "chunks", "config", "output")
 
 
@@ -290,7 +297,7 @@ class Experiment:
             extra = dict(self.method_options.get(name, {}))
             method = extra.pop("method", name)
             fields = {**self.options, **extra}
-            for key in ("params", "model_options"):
+            for key in ("params", "model_options", "memory_options"):
                 if key in self.options and key in extra:
                     fields[key] = {**self.options[key], **extra[key]}
             try:
@@ -650,7 +657,9 @@ def _config_options(options: Mapping[str, Any]) -> dict[str, Any]:
             value = _hidden(value)
         elif key == "config":
             value = _path(value)
-        elif key in ("params", "model_options") and not isinstance(value, Mapping):
+        elif key in ("params", "model_options", "memory_options") and not isinstance(
+            value, Mapping
+        ):
             raise ConfigError(f"{key} must be a mapping of name: value, got {value!r}")
         result[key] = value
     return result

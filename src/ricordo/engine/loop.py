@@ -397,17 +397,26 @@ def _training_classes(method: Method, data: ArrayDataset) -> list[int]:
 
 
 def _reselect_memory(method: Method, data: ArrayDataset, ctx: UpdateContext) -> None:
-    """Offline memory policies (herding) select from the features of the trained model."""
+    """Offline memory policies select at the end of the update: herding from the features of
+    the trained model; gradient-matching from gradients at fresh initialisations of the model's
+    architecture (the policy's own embedding, seeded by the lineage's --seed)."""
     memory = method.memory
     if memory is None or not memory.policy.offline:
         return
+    from ricordo.models.head import unwrap
+
+    policy = memory.policy
+    policy.configure(ctx.config.memory_options)
     model = ctx.model
     was_training = model.training
     model.eval()
     try:
+        embed = policy.embedding(unwrap(model), seed=ctx.config.seed, device=ctx.device)
+        if embed is None:
+            embed = lambda x: ctx.features_and_logits(x.to(ctx.device))[0]  # noqa: E731
         with torch.no_grad():
             memory.reselect(
-                lambda x: ctx.features_and_logits(x.to(ctx.device))[0],
+                embed,
                 method.memory_candidates(data, ctx),
                 batch_size=4 * ctx.config.batch_size,
             )

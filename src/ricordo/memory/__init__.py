@@ -7,6 +7,7 @@ from ricordo.memory.herding import herding_order
 from ricordo.memory.policies import (
     POLICIES,
     ClassBalancedPolicy,
+    GradientMatchingPolicy,
     HerdingPolicy,
     InfinitePolicy,
     MemoryPolicy,
@@ -19,6 +20,7 @@ __all__ = [
     "POLICIES",
     "STORAGES",
     "ClassBalancedPolicy",
+    "GradientMatchingPolicy",
     "HerdingPolicy",
     "InfinitePolicy",
     "MemoryPolicy",

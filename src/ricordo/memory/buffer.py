@@ -392,10 +392,12 @@ class TensorMemory:
 
         The pool is the stored rows the policy keeps in play (``policy.pool_size``: for herding,
         the exemplars of earlier updates) followed by ``candidates`` (e.g. the chunk's rows, with
-        the memory's fields). ``embed`` maps a batch of ``input_field`` rows to features (N, d);
-        the policy picks at most ``capacity`` pool rows, which become the memory's contents, in
-        the order picked. Rows are gathered in pieces into fresh storage, so a memory-mapped
-        memory never holds the pool in RAM (only its features and labels).
+        the memory's fields). ``embed`` maps a batch of ``input_field`` rows (and their labels,
+        when ``policy.embeds_labels``) to features (N, d); only the rows of
+        ``policy.subsample`` are embedded when it returns some. The policy picks at most
+        ``capacity`` pool rows, which become the memory's contents, in the order picked. Rows
+        are gathered in pieces into fresh storage, so a memory-mapped memory never holds the
+        pool in RAM (only its features and labels).
         """
         if not self._policy.offline:
             raise ConfigError(
@@ -427,15 +429,38 @@ class TensorMemory:
         if extra:
             assert candidates is not None
             sources.append(dict(candidates))
-        features, labels = [], []
+        labels = torch.cat([source[self.label_field].detach().cpu() for source in sources])
+        # A policy may embed only a sub-sample of a large pool (its cost bound).
+        chosen = self._policy.subsample(labels, self.generator)
+        features = []
+        offset = 0
         with torch.no_grad():
             for source in sources:
-                labels.append(source[self.label_field].detach().cpu())
-                inputs = source[input_field]
-                for start in range(0, len(inputs), batch_size):
-                    out = embed(inputs[start : start + batch_size])
+                inputs, targets = source[input_field], source[self.label_field]
+                count = len(inputs)
+                rows = None
+                if chosen is not None:
+                    rows = chosen[(chosen >= offset) & (chosen < offset + count)] - offset
+                offset += count
+                total = count if rows is None else len(rows)
+                for start in range(0, total, batch_size):
+                    part = (
+                        slice(start, start + batch_size)
+                        if rows is None
+                        else rows[start : start + batch_size]
+                    )
+                    # Labelled embeddings (gradient-matching) need each row's class too.
+                    out = (
+                        embed(inputs[part], targets[part])
+                        if self._policy.embeds_labels
+                        else embed(inputs[part])
+                    )
                     features.append(out.detach().float().cpu().reshape(len(out), -1))
-        picks = self._policy.select(torch.cat(features), torch.cat(labels))
+        if chosen is not None:
+            labels = labels[chosen]
+        picks = self._policy.select(torch.cat(features), labels)
+        if chosen is not None:
+            picks = chosen[picks]
         pool = kept + extra
         limit = pool if self.capacity is None else min(pool, self.capacity)
         valid = picks.numel() <= limit and (

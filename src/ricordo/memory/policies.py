@@ -8,14 +8,15 @@ Which policy suits which method: ``reservoir`` (default, uniform over the stream
 ``class-balanced`` (GDumb's greedy balancing; needs integer labels), ``sliding-window`` (the most
 recent rows, for drifting streams) and ``herding`` (iCaRL-style offline selection at the end of
 each update; needs a model with penultimate features and rows made only of ``x`` and ``y``, e.g.
-ER) all work with any method that inserts into its memory (ER and the replay family). ``infinite``
-is for ``joint``.
+ER) and ``gradient-matching`` (offline like herding, from the gradients of freshly initialised
+copies of the model: ``ricordo.memory.gradient_matching``) all work with any method that inserts
+into its memory (ER and the replay family). ``infinite`` is for ``joint``.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -27,6 +28,7 @@ from ricordo.registry import Registry
 __all__ = [
     "POLICIES",
     "ClassBalancedPolicy",
+    "GradientMatchingPolicy",
     "HerdingPolicy",
     "InfinitePolicy",
     "MemoryPolicy",
@@ -61,6 +63,8 @@ class MemoryPolicy:
     # True: the policy selects offline, from features, at the end of each update
     # (``TensorMemory.reselect``); ``place`` then only fills free slots in between.
     offline: ClassVar[bool] = False
+    # True (offline policies): ``reselect``'s embedding takes each batch's labels too.
+    embeds_labels: ClassVar[bool] = False
 
     def __init__(self, capacity: int | None) -> None:
         if self.unbounded:
@@ -92,6 +96,34 @@ class MemoryPolicy:
         """Offline policies: how many stored rows (a prefix of the slots) join the re-selection
         pool; the rest are copies of the chunk, which the caller offers again as candidates."""
         return size
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """Refuse (ConfigError) ``--memory-option`` values this policy does not take."""
+        if options:
+            raise ConfigError(
+                f"memory policy {cls.name!r} takes no --memory-option, got {sorted(options)}; "
+                "drop them (memory policies with options: gradient-matching)"
+            )
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        """Apply the job's ``--memory-option`` values (the engine calls this before each
+        re-selection, so they may change from one update to the next)."""
+        self.check_options(options)
+
+    def subsample(self, labels: Tensor | None, generator: torch.Generator) -> Tensor | None:
+        """Offline policies: the pool rows (sorted int64) to embed and select from, to bound the
+        cost on large pools; None: every row. Randomness must come from ``generator``."""
+        return None
+
+    def embedding(
+        self, model: Any, *, seed: int, device: torch.device
+    ) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """Offline policies that embed rows themselves: ``(inputs, labels) -> (N, d)`` features
+        (gradient-matching: gradients at fresh initialisations of ``model``'s architecture,
+        drawn from ``seed``). None: the engine embeds with the trained model's penultimate
+        features (herding)."""
+        return None
 
     def select(self, features: Tensor, labels: Tensor | None) -> Tensor:
         """Offline policies: the pool rows to keep (int64, at most ``capacity``), in the order
@@ -464,3 +496,78 @@ class HerdingPolicy(MemoryPolicy):
         if set(state) != {"selected"} or not isinstance(selected, int) or selected < 0:
             raise ValueError(f"herding policy state needs an integer 'selected', got {state!r}")
         self._selected = selected
+
+
+@POLICIES.register("gradient-matching")
+class GradientMatchingPolicy(HerdingPolicy):
+    """Gradient-matching coresets (Balles, Zappella, Archambeau 2021; methods.md 4), offline.
+
+    Fills free slots during an update and re-selects at the end of it exactly like ``herding``
+    (same pool: earlier selections plus the chunk), but embeds each pool row by its per-example
+    gradients at ``initialisations`` fresh random initialisations of the model's architecture
+    (``ricordo.memory.gradient_matching``) and herds on those without normalisation, so the
+    memory's mean gradient tracks the pool's (per class when ``balanced``). Options
+    (``--memory-option K=V``): see ``GradientMatchingOptions``. Randomness: the pool sub-sample
+    draws on the memory's generator; the initialisations on the lineage's seed.
+    """
+
+    name = "gradient-matching"
+    needs_labels = True
+    offline = True
+    embeds_labels = True
+
+    def __init__(self, capacity: int | None) -> None:
+        from ricordo.memory.gradient_matching import GradientMatchingOptions
+
+        super().__init__(capacity)
+        self.options = GradientMatchingOptions()
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        from ricordo.memory.gradient_matching import GradientMatchingOptions
+
+        GradientMatchingOptions.parse(options)
+
+    def configure(self, options: Mapping[str, Any]) -> None:
+        from ricordo.memory.gradient_matching import GradientMatchingOptions
+
+        self.options = GradientMatchingOptions.parse(options)
+
+    def subsample(self, labels: Tensor | None, generator: torch.Generator) -> Tensor | None:
+        limit = self.options.pool
+        ids = torch.tensor(_int_labels(labels, self.name), dtype=torch.int64)
+        if not limit or len(ids) <= limit:
+            return None
+        if not self.options.balanced:
+            return torch.randperm(len(ids), generator=generator)[:limit].sort().values
+        classes, counts = torch.unique(ids, return_counts=True)
+        quota = balanced_quota(dict(zip(classes.tolist(), counts.tolist(), strict=True)), limit)
+        keep = []
+        for label in classes.tolist():
+            rows = (ids == label).nonzero().flatten()
+            keep.append(rows[torch.randperm(len(rows), generator=generator)[: quota[label]]])
+        return torch.cat(keep).sort().values
+
+    def embedding(
+        self, model: Any, *, seed: int, device: torch.device
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        from ricordo.memory.gradient_matching import InitialisationEmbedding
+
+        return InitialisationEmbedding(model, self.options, seed, device)
+
+    def select(self, features: Tensor, labels: Tensor | None) -> Tensor:
+        from ricordo.memory.herding import herding_order
+
+        assert self.capacity is not None
+        ids = torch.tensor(_int_labels(labels, self.name), dtype=torch.int64)
+        if not self.options.balanced:
+            return herding_order(features, self.capacity, normalize=False)
+        classes, counts = torch.unique(ids, return_counts=True)
+        quota = balanced_quota(
+            dict(zip(classes.tolist(), counts.tolist(), strict=True)), self.capacity
+        )
+        keep = []
+        for label in classes.tolist():
+            rows = (ids == label).nonzero().flatten()
+            keep.append(rows[herding_order(features[rows], quota[label], normalize=False)])
+        return torch.cat(keep) if keep else torch.empty(0, dtype=torch.int64)
