@@ -206,9 +206,24 @@ Optimizer = Annotated[
     typer.Option(help="sgd, momentum, adam, adamw, signsgd, signum, svag or m-svag."),
 ]
 Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
-Momentum = Annotated[float | None, typer.Option(help="SGD momentum.")]
+Momentum = Annotated[
+    float | None,
+    typer.Option(help="SGD momentum; the beta of momentum, signum and m-svag (0: their 0.9)."),
+]
 WeightDecay = Annotated[float | None, typer.Option(help="Weight decay.")]
 BatchSize = Annotated[int | None, typer.Option(help="New-data rows per step.")]
+BatchSizeSchedule = Annotated[
+    str | None,
+    typer.Option(
+        help="fixed (--batch-size rows every step) or cabs (each step's rows from the gradient "
+        "variance and the loss, coupled to --lr; plain SGD only)."
+    ),
+]
+CabsMinBatch = Annotated[int | None, typer.Option(help="CABS: fewest rows per step (16).")]
+CabsMaxBatch = Annotated[int | None, typer.Option(help="CABS: most rows per step (2048).")]
+CabsSmoothing = Annotated[
+    float | None, typer.Option(help="CABS: running averages' weight on the past (0.95).")
+]
 Epochs = Annotated[int | None, typer.Option(help="Passes over the chunk.")]
 ValFraction = Annotated[float | None, typer.Option(help="Hold out this fraction to validate.")]
 Patience = Annotated[
@@ -544,6 +559,10 @@ def update(
     momentum: Momentum = None,
     weight_decay: WeightDecay = None,
     batch_size: BatchSize = None,
+    batch_size_schedule: BatchSizeSchedule = None,
+    cabs_min_batch: CabsMinBatch = None,
+    cabs_max_batch: CabsMaxBatch = None,
+    cabs_smoothing: CabsSmoothing = None,
     epochs: Epochs = None,
     val_fraction: ValFraction = None,
     patience: Patience = None,

@@ -16,6 +16,7 @@ from ricordo.errors import ConfigError
 BACKENDS = ("auto", "torch", "fabric")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 MEMORY_INSERTS = ("every-epoch", "once")
+BATCH_SIZE_SCHEDULES = ("fixed", "cabs")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; derived per-update seeds stay below this
 MAX_THREADS = 1024  # a fixed cap (not this machine's cores): states move between machines
 
@@ -73,6 +74,14 @@ class UpdateConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 32
+    # How many new rows each step takes: "fixed" (batch_size) or "cabs" (from the gradient
+    # variance and the loss, coupled to the learning rate: ricordo.optim.cabs; plain SGD only),
+    # between cabs_min_batch (also the first step's) and cabs_max_batch rows, the running
+    # averages weighting the past by cabs_smoothing (the paper's 16, 2048, 0.95).
+    batch_size_schedule: str = "fixed"
+    cabs_min_batch: int = 16
+    cabs_max_batch: int = 2048
+    cabs_smoothing: float = 0.95
     epochs: int = 10
     val_fraction: float = 0.0
     patience: int | None = None
@@ -221,6 +230,7 @@ class UpdateConfig:
             self.memory_storage,
             "'ram' or 'mmap' (memory-mapped files for memories larger than RAM)",
         )
+        self._check_batch_size_schedule()
         _check(
             self.memory_insert in MEMORY_INSERTS,
             "memory_insert",
@@ -272,6 +282,37 @@ class UpdateConfig:
             self.data_workers,
             f"an integer in [0, {MAX_THREADS}] (DataLoader processes; 0: none)",
         )
+
+    def _check_batch_size_schedule(self) -> None:
+        _check(
+            self.batch_size_schedule in BATCH_SIZE_SCHEDULES,
+            "batch_size_schedule",
+            self.batch_size_schedule,
+            "'fixed' (--batch-size rows every step) or 'cabs' (adaptive, coupled to --lr)",
+        )
+        for name in ("cabs_min_batch", "cabs_max_batch"):
+            value = getattr(self, name)
+            _check(_is_int(value) and value >= 2, name, value, "an integer >= 2")
+        _check(
+            self.cabs_max_batch >= self.cabs_min_batch,
+            "cabs_max_batch",
+            self.cabs_max_batch,
+            f"at least --cabs-min-batch ({self.cabs_min_batch})",
+        )
+        _check(
+            _finite(self.cabs_smoothing) and 0 <= self.cabs_smoothing < 1,
+            "cabs_smoothing",
+            self.cabs_smoothing,
+            "a weight in [0, 1) on the past, such as the paper's 0.95",
+        )
+        if self.batch_size_schedule == "cabs":
+            _check(
+                self.optimizer == "sgd" and self.momentum == 0,
+                "batch_size_schedule",
+                self.batch_size_schedule,
+                "plain SGD (--optimizer sgd --momentum 0): the CABS rule couples the batch "
+                "size to SGD's learning rate",
+            )
 
     def replace(self, **changes: Any) -> UpdateConfig:
         """A copy with some fields changed (validated again)."""

@@ -145,6 +145,8 @@ def write_checkpoint(
             "final_loss": _finite_or_none(report.final_loss),
             "best_epoch": report.best_epoch,
             "val_accuracy": report.val_accuracy,
+            "batch_sizes": report.batch_sizes,
+            "batch_schedule": report.batch_schedule,
         },
         "guard_first": guard.first,
         "early_stopping": {
@@ -240,6 +242,8 @@ def restore_checkpoint(
     report.final_loss = float("nan") if loss is None else float(loss)
     report.best_epoch = saved_report["best_epoch"]
     report.val_accuracy = list(saved_report["val_accuracy"])
+    report.batch_sizes = [int(v) for v in saved_report.get("batch_sizes", [])]
+    report.batch_schedule = saved_report.get("batch_schedule")
     guard.first = [float(v) for v in meta["guard_first"]]
     early = meta["early_stopping"]
     stopping.best_accuracy = float(early["best_accuracy"])

@@ -28,8 +28,9 @@ from ricordo.engine.checkpoint import (
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
-from ricordo.errors import TrainingDivergedError
+from ricordo.errors import ConfigError, TrainingDivergedError
 from ricordo.methods.base import Batch, Method, UpdateContext
+from ricordo.optim.cabs import CABSSchedule, gradient_variance_trace
 from ricordo.optim.registry import build_optimizer
 
 # The divergence rule of DivergenceGuard (documented in the README, section Errors).
@@ -52,6 +53,10 @@ class TrainReport:
     final_loss: float = float("nan")
     best_epoch: int | None = None
     val_accuracy: list[float] = field(default_factory=list)
+    # --batch-size-schedule cabs: the new rows of each step, in order, and the rule's running
+    # averages after the last epoch (ricordo.optim.cabs); empty and None with fixed batches.
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_schedule: dict[str, float | int] | None = None
     backend: str = ""
     # Parameters the update's optimizer trained (the model's that require grad + the method's).
     trainable_parameters: int = 0
@@ -64,6 +69,8 @@ class TrainReport:
             "final_loss": self.final_loss,
             "best_epoch": self.best_epoch,
             "val_accuracy": self.val_accuracy,
+            "batch_sizes": self.batch_sizes,
+            "batch_schedule": self.batch_schedule,
             "backend": self.backend,
             "trainable_parameters": self.trainable_parameters,
         }
@@ -174,8 +181,11 @@ def _train_update(
     iterate = method.training_data(train_data, ctx)
     if config.mask_unseen:
         ctx.train_classes = _training_classes(method, iterate)
-    batches = _batch_source(iterate, ctx)
-    steps_per_epoch = math.ceil(len(iterate) / config.batch_size)
+    schedule = _batch_schedule(config)  # None: --batch-size rows every step
+    batches = _batch_source(iterate, ctx, schedule)
+    # With CABS the number of steps is not known in advance: at most one per --cabs-min-batch.
+    smallest = config.batch_size if schedule is None else schedule.min_batch
+    steps_per_epoch = math.ceil(len(iterate) / smallest)
     epochs = method.epochs(iterate, ctx)
     stopping = EarlyStopping()
 
@@ -193,6 +203,9 @@ def _train_update(
             guard=guard,
             stopping=stopping,
         )
+
+    if schedule is not None and report.batch_schedule is not None:  # resumed: continue it
+        schedule.load_state_dict(report.batch_schedule)
 
     def evaluate(chunk: Chunk) -> dict[str, float]:
         return evaluate_logits(
@@ -236,7 +249,18 @@ def _train_update(
                 optimizer.zero_grad(set_to_none=True)
                 backend.backward(loss)
                 method.before_step(batch, ctx)
+                # CABS: the gradient variance at the weights this step's gradient was taken at.
+                variance = (
+                    0.0
+                    if schedule is None
+                    else gradient_variance_trace(
+                        model, seen.x, seen.y, allowed_classes=ctx.train_classes
+                    )
+                )
                 optimizer.step()
+                if schedule is not None:
+                    report.batch_sizes.append(len(batch.y))
+                    schedule.observe(variance, value, optimizer.param_groups[0]["lr"])
                 with _memory_inserts(method, config, epoch):
                     method.after_step(batch, ctx)
                 report.steps += 1
@@ -247,6 +271,8 @@ def _train_update(
                 lr = optimizer.param_groups[0]["lr"]
                 logs.step(report.steps, epoch, value, lr, time.perf_counter() - started)
             report.epochs = epoch + 1
+            if schedule is not None:  # each epoch, so that a checkpoint continues the rule
+                report.batch_schedule = schedule.state_dict()
             accuracy: float | None = None
             if val_data is not None:
                 accuracy = evaluate(val_data)["accuracy"]
@@ -297,11 +323,29 @@ def _train_update(
 BatchSource = Callable[[torch.Tensor], Iterator[tuple[Batch, Batch]]]
 
 
-def _batch_source(data: Chunk, ctx: UpdateContext) -> BatchSource:
+def _batch_schedule(config: UpdateConfig) -> CABSSchedule | None:
+    """--batch-size-schedule: None for fixed batches, else the CABS rule (first batch: min)."""
+    if config.batch_size_schedule == "fixed":
+        return None
+    return CABSSchedule(
+        min_batch=config.cabs_min_batch,
+        max_batch=config.cabs_max_batch,
+        smoothing=config.cabs_smoothing,
+        next_batch=config.cabs_min_batch,
+    )
+
+
+def _batch_source(
+    data: Chunk, ctx: UpdateContext, schedule: CABSSchedule | None = None
+) -> BatchSource:
     """order -> the epoch's (raw, augmented) batches: what ``method.loss`` sees is augmented,
-    what ``after_step`` (memories) sees is raw."""
+    what ``after_step`` (memories) sees is raw. ``schedule``: batch sizes chosen step by step."""
     if not isinstance(data, LazyDataset):
-        return lambda order: _array_batches(data, order, ctx)
+        return lambda order: _array_batches(data, order, ctx, schedule)
+    if schedule is not None:  # its DataLoader fetches batches ahead of the step that sizes them
+        raise ConfigError(
+            "--batch-size-schedule cabs needs the chunk in memory; drop --lazy or use fixed batches"
+        )
     config = ctx.config
     transform = training_transform(data.transform, config.augment)
     ctx.sample_transform = transform  # replayed rows get the same per-sample transform
@@ -331,14 +375,22 @@ def _batch_source(data: Chunk, ctx: UpdateContext) -> BatchSource:
 
 
 def _array_batches(
-    data: ArrayDataset, order: torch.Tensor, ctx: UpdateContext
+    data: ArrayDataset,
+    order: torch.Tensor,
+    ctx: UpdateContext,
+    schedule: CABSSchedule | None = None,
 ) -> Iterator[tuple[Batch, Batch]]:
     """An in-memory chunk in ``order``: ``--augment`` runs batched on the device, drawing from
     the update's generator. Lazy chunks: the same order, read by a DataLoader (above), with
-    the dataset's transform and ``--augment`` applied per sample in its workers."""
-    batch_size, device = ctx.config.batch_size, ctx.device
-    for start in range(0, len(data), batch_size):
-        index = order[start : start + batch_size]
+    the dataset's transform and ``--augment`` applied per sample in its workers. With a
+    ``schedule`` each batch takes the size it chose after the previous step (read when the step
+    asks for the batch); the epoch still covers every row once."""
+    device = ctx.device
+    start = 0
+    while start < len(data):
+        size = ctx.config.batch_size if schedule is None else schedule.next_batch
+        index = order[start : start + size]
+        start += size
         x, y = data.x[index].to(device), data.y[index].to(device)
         batch = Batch(x, y, index)
         yield batch, batch if ctx.config.augment is None else Batch(ctx.augment(x), y, index)
