@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,21 @@ def test_memory_reselect_embeds_only_the_subsample() -> None:
     x = torch.arange(20, dtype=torch.float32)[:, None]
     picks = memory.reselect(embed, {"x": x, "y": torch.zeros(20, dtype=torch.long)}, batch_size=4)
     assert sum(seen) == 6 and len(memory) == 4 and picks.numel() == 4
+
+
+def test_cli_memory_option_reaches_the_policy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ricordo.cli import main
+
+    argv = ["ricordo", "benchmark", "--methods", "er", "--output", str(tmp_path / "out")]
+    argv += ["--memory-policy", "gradient-matching", "--memory-option", "layers=first"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "ricordo: error: gradient-matching option layers must be 'last' or 'all', got 'first'"
+    )
+    assert not (tmp_path / "out").exists()
