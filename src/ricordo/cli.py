@@ -232,6 +232,27 @@ Patience = Annotated[
         help="Stop after N epochs without improvement (default: off; needs --val-fraction)."
     ),
 ]
+EarlyStoppingOption = Annotated[
+    str | None,
+    typer.Option(
+        help="validation (--patience on --val-fraction), eb (the EB criterion from the training "
+        "batches' per-example gradients: no rows held out) or none (default: validation when "
+        "--patience is given, else none)."
+    ),
+]
+EbEvery = Annotated[int | None, typer.Option(help="EB criterion: evaluate every N steps (1).")]
+EbLayers = Annotated[
+    str | None,
+    typer.Option(help="EB criterion on all trainable parameters or the last (output) layer."),
+]
+EbSmoothing = Annotated[
+    float | None,
+    typer.Option(help="EB criterion: EMA weight on the newest value (0.2; 1: none)."),
+]
+EbEpsilon = Annotated[
+    float | None,
+    typer.Option(help="EB criterion: added to each gradient variance (0: paper; 1e-5: cockpit)."),
+]
 Seed = Annotated[int | None, typer.Option(help="Seed of every random choice.")]
 Holdout = Annotated[
     float | None,
@@ -566,6 +587,11 @@ def update(
     epochs: Epochs = None,
     val_fraction: ValFraction = None,
     patience: Patience = None,
+    early_stopping: EarlyStoppingOption = None,
+    eb_every: EbEvery = None,
+    eb_layers: EbLayers = None,
+    eb_smoothing: EbSmoothing = None,
+    eb_epsilon: EbEpsilon = None,
     seed: Seed = None,
     backend: Backend = None,
     accelerator: Accelerator = None,
@@ -1425,6 +1451,11 @@ def benchmark(
     epochs: Epochs = None,
     val_fraction: ValFraction = None,
     patience: Patience = None,
+    early_stopping: EarlyStoppingOption = None,
+    eb_every: EbEvery = None,
+    eb_layers: EbLayers = None,
+    eb_smoothing: EbSmoothing = None,
+    eb_epsilon: EbEpsilon = None,
     seed: Seed = None,
     backend: Backend = None,
     accelerator: Accelerator = None,

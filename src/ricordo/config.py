@@ -17,6 +17,8 @@ BACKENDS = ("auto", "torch", "fabric")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 MEMORY_INSERTS = ("every-epoch", "once")
 BATCH_SIZE_SCHEDULES = ("fixed", "cabs")
+EARLY_STOPPING = (None, "none", "validation", "eb")
+EB_LAYERS = ("all", "last")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; derived per-update seeds stay below this
 MAX_THREADS = 1024  # a fixed cap (not this machine's cores): states move between machines
 
@@ -85,6 +87,20 @@ class UpdateConfig:
     epochs: int = 10
     val_fraction: float = 0.0
     patience: int | None = None
+    # How an update stops early: "validation" (the best --val-fraction epoch after --patience
+    # epochs without improvement), "eb" (the EB criterion from per-example gradients of the
+    # training batches, no rows held out: ricordo.optim.eb) or "none". None: "validation" when
+    # --patience is set, else "none" (what configs written before this option meant).
+    early_stopping: str | None = None
+    # EB criterion: evaluated every eb_every steps; on all trainable parameters or on the output
+    # layer only (closed form, cheaper); its values smoothed by an EMA with this weight on the
+    # newest value (cockpit's EB gauge: 0.2), stopping once the smoothed value is > 0;
+    # eb_epsilon added to each variance (0: the paper's formula, coordinates of variance 0 left
+    # out; 1e-5: cockpit's, see ricordo.optim.eb).
+    eb_every: int = 1
+    eb_layers: str = "all"
+    eb_smoothing: float = 0.2
+    eb_epsilon: float = 0.0
     # Held-out evaluation rows kept in the state (ricordo.gate.holdout): this share of each
     # chunk, at most holdout_max rows of it, seeded, never trained on, carried across updates;
     # what the regression gate (--gate) compares old and new models on. Off by default: a
@@ -219,6 +235,50 @@ class UpdateConfig:
             "a validation split as well: add --val-fraction 0.1",
         )
         _check(
+            self.early_stopping in EARLY_STOPPING,
+            "early_stopping",
+            self.early_stopping,
+            "'validation' (needs --patience and --val-fraction), 'eb' (no validation set) or "
+            "'none'",
+        )
+        _check(
+            self.early_stopping != "validation" or self.patience is not None,
+            "early_stopping",
+            self.early_stopping,
+            "a --patience as well: add --patience 3 --val-fraction 0.1",
+        )
+        _check(
+            self.early_stopping not in ("eb", "none") or self.patience is None,
+            "patience",
+            self.patience,
+            f"no value with --early-stopping {self.early_stopping}: --patience counts "
+            "validation epochs (--early-stopping validation)",
+        )
+        _check(
+            _is_int(self.eb_every) and self.eb_every >= 1,
+            "eb_every",
+            self.eb_every,
+            "an integer >= 1 (evaluate the EB criterion every N steps)",
+        )
+        _check(
+            self.eb_layers in EB_LAYERS,
+            "eb_layers",
+            self.eb_layers,
+            "'all' (every trainable parameter) or 'last' (the output layer, closed form)",
+        )
+        _check(
+            _finite(self.eb_smoothing) and 0 < self.eb_smoothing <= 1,
+            "eb_smoothing",
+            self.eb_smoothing,
+            "a weight in (0, 1] on the newest EB value (1: no smoothing)",
+        )
+        _check(
+            _finite(self.eb_epsilon) and self.eb_epsilon >= 0,
+            "eb_epsilon",
+            self.eb_epsilon,
+            "a value >= 0 added to each gradient variance (0: the paper; cockpit: 1e-5)",
+        )
+        _check(
             _is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
             "seed",
             self.seed,
@@ -313,6 +373,13 @@ class UpdateConfig:
                 "plain SGD (--optimizer sgd --momentum 0): the CABS rule couples the batch "
                 "size to SGD's learning rate",
             )
+
+    @property
+    def stopping_rule(self) -> str:
+        """The early stopping in effect: ``early_stopping``, or what ``None`` means."""
+        if self.early_stopping is not None:
+            return self.early_stopping
+        return "validation" if self.patience is not None else "none"
 
     def replace(self, **changes: Any) -> UpdateConfig:
         """A copy with some fields changed (validated again)."""

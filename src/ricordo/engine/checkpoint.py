@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ricordo.errors import ConfigError, StateCorruptError
+from ricordo.optim.eb import EBStopper
 
 if TYPE_CHECKING:
     from ricordo.engine.loop import Chunk, DivergenceGuard, TrainReport
@@ -54,6 +55,7 @@ class EarlyStopping:
     bad_epochs: int = 0
     best_state: dict[str, Tensor] | None = None
     best_extra: list[Tensor] = field(default_factory=list)
+    eb: EBStopper | None = None  # --early-stopping eb: the smoothed criterion so far
 
 
 @dataclass
@@ -147,6 +149,7 @@ def write_checkpoint(
             "val_accuracy": report.val_accuracy,
             "batch_sizes": report.batch_sizes,
             "batch_schedule": report.batch_schedule,
+            "eb_values": report.eb_values,
         },
         "guard_first": guard.first,
         "early_stopping": {
@@ -154,6 +157,9 @@ def write_checkpoint(
             "bad_epochs": stopping.bad_epochs,
             "has_best_state": stopping.best_state is not None,
             "best_extra": len(stopping.best_extra),
+            "eb": None
+            if stopping.eb is None
+            else {"smoothed": stopping.eb.smoothed, "evaluations": stopping.eb.evaluations},
         },
         "optimizer": {"param_groups": optimizer_state["param_groups"], "state": plain_state},
         "method": method.state_json(),
@@ -244,12 +250,17 @@ def restore_checkpoint(
     report.val_accuracy = list(saved_report["val_accuracy"])
     report.batch_sizes = [int(v) for v in saved_report.get("batch_sizes", [])]
     report.batch_schedule = saved_report.get("batch_schedule")
+    report.eb_values = [float(v) for v in saved_report.get("eb_values", [])]
     guard.first = [float(v) for v in meta["guard_first"]]
     early = meta["early_stopping"]
     stopping.best_accuracy = float(early["best_accuracy"])
     stopping.bad_epochs = int(early["bad_epochs"])
     stopping.best_state = part("best/") if early["has_best_state"] else None
     stopping.best_extra = [tensors[f"best_extra/{i}"] for i in range(int(early["best_extra"]))]
+    eb = early.get("eb")
+    if stopping.eb is not None and eb is not None:
+        stopping.eb.smoothed = None if eb["smoothed"] is None else float(eb["smoothed"])
+        stopping.eb.evaluations = int(eb["evaluations"])
     return report.epochs
 
 

@@ -31,6 +31,7 @@ from ricordo.engine.progress import Progress
 from ricordo.errors import ConfigError, TrainingDivergedError
 from ricordo.methods.base import Batch, Method, UpdateContext
 from ricordo.optim.cabs import CABSSchedule, gradient_variance_trace
+from ricordo.optim.eb import EBStopper, batch_eb
 from ricordo.optim.registry import build_optimizer
 
 # The divergence rule of DivergenceGuard (documented in the README, section Errors).
@@ -60,6 +61,13 @@ class TrainReport:
     backend: str = ""
     # Parameters the update's optimizer trained (the model's that require grad + the method's).
     trainable_parameters: int = 0
+    # Why the update ended before its last epoch ("validation": --patience epochs without a
+    # better validation accuracy; "eb": the EB criterion), and after how many steps; None: it
+    # ran every epoch.
+    stop_reason: str | None = None
+    stopped_step: int | None = None
+    # --early-stopping eb: the smoothed EB value at the end of each epoch (> 0 means stop).
+    eb_values: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -73,6 +81,9 @@ class TrainReport:
             "batch_schedule": self.batch_schedule,
             "backend": self.backend,
             "trainable_parameters": self.trainable_parameters,
+            "stop_reason": self.stop_reason,
+            "stopped_step": self.stopped_step,
+            "eb_values": self.eb_values,
         }
 
 
@@ -188,6 +199,8 @@ def _train_update(
     steps_per_epoch = math.ceil(len(iterate) / smallest)
     epochs = method.epochs(iterate, ctx)
     stopping = EarlyStopping()
+    if config.stopping_rule == "eb":
+        stopping.eb = EBStopper(config.eb_smoothing)
 
     total = ctx.total_steps = steps_per_epoch * epochs
     guard = DivergenceGuard(ctx.update_index, config.lr)
@@ -242,6 +255,9 @@ def _train_update(
             order = torch.randperm(len(iterate), generator=ctx.generator)
             # The new rows are augmented for the loss only; after_step (memories) sees them raw.
             for batch, seen in batches(order):
+                if stopping.eb is not None and _eb_says_stop(stopping.eb, model, method, seen, ctx):
+                    report.stop_reason, report.stopped_step = "eb", report.steps
+                    break
                 with backend.autocast():
                     loss = method.loss(seen, ctx)
                 value = float(loss.detach())
@@ -273,6 +289,8 @@ def _train_update(
             report.epochs = epoch + 1
             if schedule is not None:  # each epoch, so that a checkpoint continues the rule
                 report.batch_schedule = schedule.state_dict()
+            if stopping.eb is not None and stopping.eb.smoothed is not None:
+                report.eb_values.append(stopping.eb.smoothed)
             accuracy: float | None = None
             if val_data is not None:
                 accuracy = evaluate(val_data)["accuracy"]
@@ -301,9 +319,11 @@ def _train_update(
                 else:
                     stopping.bad_epochs += 1
                     stop = config.patience is not None and stopping.bad_epochs >= config.patience
+                    if stop:
+                        report.stop_reason, report.stopped_step = "validation", report.steps
             if on_epoch_end is not None:
                 on_epoch_end(EpochEnd(epoch + 1, epochs, mean_loss, accuracy, evaluate, save))
-            if stop:
+            if stop or report.stop_reason == "eb":
                 break
     if stopping.best_state is not None:
         # Early stopping restores the weights of the best validation epoch.
@@ -318,6 +338,42 @@ def _train_update(
     _reselect_memory(method, train_data, ctx)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _eb_says_stop(
+    eb: EBStopper, model: nn.Module, method: Method, batch: Batch, ctx: UpdateContext
+) -> bool:
+    """--early-stopping eb: measure the criterion on the step's batch (every --eb-every steps),
+    at the weights the step would start from; True stops the update before that step.
+
+    With a rehearsal memory the batch is joined by as many memory rows (methods.md 6.2: the
+    mixed batch is what the update fits; on the new rows alone, the pull of the replayed classes
+    keeps their gradient from ever looking like noise). Those rows are drawn with a generator
+    seeded by the update's seed and the step, so the training's own draws are untouched and a
+    resumed update draws the same ones.
+    """
+    config = ctx.config
+    if ctx.step % config.eb_every or len(batch.y) < 2:
+        return False
+    x, y = batch.x, batch.y
+    memory = method.memory
+    if memory is not None and len(memory) and {"x", memory.label_field} <= set(memory.fields):
+        draw = torch.Generator().manual_seed(ctx.generator.initial_seed() + 3 + ctx.step)
+        index = torch.randperm(len(memory), generator=draw)[: len(y)]
+        rows = memory.get(index)
+        labels = rows[memory.label_field]
+        if not labels.dtype.is_floating_point and rows["x"].shape[1:] == x.shape[1:]:
+            x = torch.cat([x, rows["x"].to(x.device, x.dtype)])
+            y = torch.cat([y, labels.to(y.device, y.dtype)])
+    value = batch_eb(
+        model,
+        x,
+        y,
+        layers=config.eb_layers,
+        allowed_classes=ctx.train_classes,
+        epsilon=config.eb_epsilon,
+    )
+    return eb.observe(value, ctx.step)
 
 
 BatchSource = Callable[[torch.Tensor], Iterator[tuple[Batch, Batch]]]
