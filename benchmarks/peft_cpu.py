@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -205,7 +206,9 @@ def benchmark_command(
 
 def study_table(summary: dict[str, Any], results: Path) -> tuple[list[str], list[list[str]]]:
     """Per method: final average accuracy, forgetting, task-ID accuracy (routing and pool
-    methods), parameters trained per update and training seconds per update."""
+    methods), parameters trained per update and the median training seconds of an update over
+    its updates and seeds (the median: on a shared machine a few updates take several times
+    longer)."""
     headers = [
         "method",
         "runs",
@@ -213,7 +216,7 @@ def study_table(summary: dict[str, Any], results: Path) -> tuple[list[str], list
         "forgetting",
         "task-ID accuracy",
         "trainable parameters / update",
-        "train s / update",
+        "train s / update (median)",
     ]
     per_run = per_update_records(summary, results)
     rows = []
@@ -231,7 +234,7 @@ def study_table(summary: dict[str, Any], results: Path) -> tuple[list[str], list
                 percent(entry["metrics"].get("forgetting")),
                 percent(entry.get("task_id_accuracy")),
                 "-" if not trainable else "/".join(f"{n:,}" for n in trainable),
-                f"{sum(seconds) / len(seconds):.1f}" if seconds else "-",
+                f"{statistics.median(seconds):.1f}" if seconds else "-",
             ]
         )
     return headers, rows

@@ -4,7 +4,7 @@ over Split CIFAR-100, through ``ricordo benchmark``, printed next to the publish
 
 Prepared for a machine with a CUDA GPU, the checkpoint and CIFAR-100; not run here (no GPU)::
 
-    RICORDO_DATA=/data .venv/bin/python benchmarks/peft_gpu.py            # ~hours on one GPU
+    RICORDO_DATA=/data .venv/bin/python benchmarks/peft_gpu.py            # 2-3 h a seed (estimate)
     .venv/bin/python benchmarks/peft_gpu.py --dry-run                      # prints, runs nothing
 
 Needs (a real run refuses in one line otherwise; ``--dry-run`` only notes what is missing):
@@ -21,8 +21,8 @@ Protocol (Split CIFAR-100, class-incremental, 10 tasks of 10 classes; methods.md
 
 - class order: PyCIL/PILOT's (``np.random.seed(1993)``, then a permutation of the 100 classes;
   peers.md 2.3), the same for every seed;
-- l2p, l2l: PILOT's / LibContinual's L2P config (peers.md 2.3: Adam lr 0.001875, batch 16,
-  5 epochs, constant lr; LibContinual reproduced 83.56 against the paper's 83.83 with it);
+- l2p, l2l: PILOT's L2P config (peers.md 2.3: Adam lr 0.001875, batch 16, 5 epochs, constant
+  lr; LibContinual reproduced 83.56 against the paper's 83.83 with that lr and batch, 1 epoch);
 - s-prompts, s-lora, color: the official S-Prompts optimizer (methods.md 3.3: SGD momentum 0.9,
   lr 0.01, cosine over the epochs, batch 128, weight decay 2e-4), 5 epochs per task as L2P's
   CIFAR protocol (S-Prompts has no CIFAR config); ``s-prompts++`` / ``s-lora++`` add ``routing
