@@ -37,7 +37,9 @@ from ricordo.optim.common import check_hyperparameters, regularised_gradient
 
 # Balles and Hennig (2018) use beta = 0.9 for both moving averages.
 MSVAG_BETA = 0.9
-# The cap on rho in lballes/msvag: at t = 1, rho = 1 exactly and s would be 0/0.
+# The cap on rho in lballes/msvag's M-SVAG (its SVAG class keeps an older 0.999): at t = 1,
+# rho = 1 exactly and s would be 0/0. Only step 1 reaches the cap, where v - m**2 = 0 and s = 0
+# whatever the cap, so one value serves both.
 RHO_CAP = 0.9999
 
 
