@@ -386,6 +386,10 @@ class UpdateConfig:
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ConfigError(f"unknown option(s) {unknown}; valid options: {field_names()}")
+        if changes.get("early_stopping") in ("eb", "none") and "patience" not in changes:
+            # Choosing another rule for a later update drops the inherited --patience, which
+            # only the validation rule reads (the CLI has no way to unset it).
+            changes["patience"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -82,6 +82,10 @@ def test_early_stopping_options_keep_old_configs_meaning_the_same() -> None:
     legacy = UpdateConfig.from_dict({"val_fraction": 0.1, "patience": 2})
     assert legacy.early_stopping is None and legacy.stopping_rule == "validation"
     assert UpdateConfig(early_stopping="eb").stopping_rule == "eb"
+    # A later update of a lineage trained with --patience switches rule without unsetting it.
+    switched = legacy.replace(early_stopping="eb")
+    assert switched.patience is None and switched.stopping_rule == "eb"
+    assert legacy.replace(lr=0.1).stopping_rule == "validation"
     with pytest.raises(ConfigError) as caught:
         UpdateConfig(early_stopping="validation")
     assert str(caught.value) == (
