@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +58,23 @@ def test_a_trainable_backbone_is_copied_in_the_snapshot(
     snapshot_model = updater._snapshot()[0]
     live = dict(model.encoder.named_parameters())
     assert all(p is not live[n] for n, p in snapshot_model.encoder.named_parameters())
+
+
+def test_benchmark_state_size_counts_what_save_writes_not_the_frozen_encoder(
+    tiny_vit_path: str, tmp_path: Path
+) -> None:
+    from ricordo.bench.runner import state_nbytes
+    from ricordo.state import read_state
+
+    rng = np.random.default_rng(1)
+    x = rng.random((16, 3, 32, 32), dtype=np.float32)
+    y = np.repeat(np.arange(2), 8)
+    updater = Updater(
+        method="finetune", backbone=tiny_vit_path, epochs=1, batch_size=8, progress=False
+    )
+    updater.update(x, y)
+    updater.save(str(tmp_path / "v0"))
+    written = read_state(str(tmp_path / "v0")).files["model.safetensors"]
+    head_bytes = sum(t.nbytes for t in updater.model.head.state_dict().values())
+    assert state_nbytes(updater) == head_bytes
+    assert len(written) < 4 * head_bytes + 4096  # safetensors header + the head only

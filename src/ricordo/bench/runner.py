@@ -283,7 +283,11 @@ def state_nbytes(updater: Updater) -> int:
     """Bytes of the tensors a state holds: model weights, method tensors, rehearsal memory."""
     total = 0
     if updater.model is not None:
-        total += sum(t.nbytes for t in updater.model.state_dict().values())
+        from ricordo.models.backbone import saved_weights
+
+        # As written by save(): a frozen pretrained encoder is referenced, not stored.
+        weights = saved_weights(updater.model, updater.model.state_dict())
+        total += sum(t.nbytes for t in weights.values())
     total += sum(t.nbytes for t in updater.method.state_tensors().values())
     if updater.memory is not None:
         total += int(updater.memory.nbytes)
