@@ -13,17 +13,19 @@ descent fits that noise.
 
 The paper's formula has no ``ε``; cockpit's ``EarlyStopping`` quantity adds ``ε = 1e-5`` to the
 variance so that dead coordinates (variance 0) stay finite. That constant is not small next to
-the variances of a small network's gradients: on the built-in digits MLP, 95 % of the
-coordinates' variances were below 1e-5 after a few epochs, so with it the statistic read +0.50
-(stop) where without it it read -2.9 (keep going). Our default is therefore the paper's formula
-(``epsilon=0``) with the coordinates whose variance is 0 left out of the sum and of ``D``: their
-rows all agree, nearly always on 0 (weights of an always-zero input, dead ReLU units), and the
-ratio is undefined. ``epsilon=1e-5`` (``--eb-epsilon``) computes cockpit's version over all ``D``.
+the variances of a small network's gradients: on the built-in digits MLP (256, 128) after 18
+epochs on a 2-class chunk, 95 % of the coordinates' variances over a 64-row batch were below
+1e-5 (37 % exactly 0), and with it the statistic read +0.50 (stop) where without it it read -2.9
+(keep going, counting every coordinate; -5.2 over the nonzero-variance ones). Our default is
+therefore the paper's formula (``epsilon=0``) with the coordinates whose variance is 0 left out
+of the sum and of ``D``: their rows all agree, nearly always on 0 (weights of an always-zero
+input, dead ReLU units), and the ratio is undefined. ``epsilon=1e-5`` (``--eb-epsilon``)
+computes cockpit's version over all ``D``.
 
 The per-step value is noisy, and how much the paper smooths it is not recorded in our notes;
 :class:`EBStopper` smooths it with an exponential moving average whose weight on the newest value
 is 0.2, the smoothing cockpit's plotter draws over its EB gauge (``EMA_alpha``), and stops when
-the smoothed value is above 0. ``smoothing=1`` is the paper's raw rule.
+the smoothed value is above 0. ``smoothing=1`` is the unsmoothed per-step rule.
 
 The criterion was derived for plain SGD (cockpit refuses other optimizers); the statistic only
 needs gradients, so it is computed alongside any optimizer here, with that caveat.
