@@ -190,6 +190,19 @@ MaskUnseen = Annotated[
         help="While training, mask the logits of classes in neither the chunk nor the memory.",
     ),
 ]
+SelectiveBackpropOption = Annotated[
+    str | None,
+    typer.Option(
+        "--selective-backprop",
+        help="Forward each new batch without gradients and train on --keep-fraction of its rows, "
+        "chosen by loss (highest), gradient-matching (a weighted subset matching the batch's "
+        "mean last-layer gradient) or random (default: every row).",
+    ),
+]
+KeepFraction = Annotated[
+    float | None,
+    typer.Option(help="Share of each new batch --selective-backprop keeps, rounded up."),
+]
 MaxClasses = Annotated[
     int | None, typer.Option(help="Most classes a growing head may reach (no --num-classes).")
 ]
@@ -573,6 +586,8 @@ def update(
     memory_dir: MemoryDir = None,
     memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
+    selective_backprop: SelectiveBackpropOption = None,
+    keep_fraction: KeepFraction = None,
     max_classes: MaxClasses = None,
     num_classes: NumClasses = None,
     optimizer: Optimizer = None,
@@ -734,10 +749,24 @@ def update(
         f"update {record['update']} ({updater.config.method}): {record['data']['samples']} samples"
         + (f" ({held} more held out)" if held else "")
         + f", classes {record['data']['classes']}, {train['steps']} steps in "
-        f"{train['seconds']:.2f} s, final loss {train['final_loss']:.4f} -> {next_state}"
+        f"{train['seconds']:.2f} s, final loss {train['final_loss']:.4f}"
+        + _selective_note(train.get("selective_backprop"))
+        + f" -> {next_state}"
     )
     if "gate" in record:
         typer.echo(_gate_line(record["gate"]))
+
+
+def _selective_note(counts: dict[str, Any] | None) -> str:
+    """The update line's account of --selective-backprop (empty without it)."""
+    if not counts:
+        return ""
+    saved = counts["estimated_saved_flops_fraction"]
+    return (
+        f", selective backprop {counts['strategy']}: {counts['kept_rows']} of "
+        f"{counts['seen_rows']} new rows back-propagated, {counts['forward_only_rows']} "
+        f"forwarded to choose them (~{100 * saved:.0f}% of their training compute saved)"
+    )
 
 
 def _rejected_name(next_state: str) -> str:
@@ -837,6 +866,8 @@ def tune(
     memory_dir: MemoryDir = None,
     memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
+    selective_backprop: SelectiveBackpropOption = None,
+    keep_fraction: KeepFraction = None,
     max_classes: MaxClasses = None,
     num_classes: NumClasses = None,
     optimizer: Optimizer = None,
@@ -1427,6 +1458,8 @@ def benchmark(
     memory_dir: MemoryDir = None,
     memory_insert: MemoryInsert = None,
     mask_unseen: MaskUnseen = None,
+    selective_backprop: SelectiveBackpropOption = None,
+    keep_fraction: KeepFraction = None,
     max_classes: MaxClasses = None,
     num_classes: Annotated[
         int | None,

@@ -17,6 +17,8 @@ BACKENDS = ("auto", "torch", "fabric")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 MEMORY_INSERTS = ("every-epoch", "once")
 BATCH_SIZE_SCHEDULES = ("fixed", "cabs")
+SELECTIVE_BACKPROP = ("loss", "gradient-matching", "random")  # ricordo.engine.selective
+DEFAULT_KEEP_FRACTION = 0.5
 EARLY_STOPPING = (None, "none", "validation", "eb")
 EB_LAYERS = ("all", "last")
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; derived per-update seeds stay below this
@@ -131,6 +133,12 @@ class UpdateConfig:
     # Mammoth default: repeated offers favour the current chunk); "once" offers each row once
     # per update (first epoch), so the memory is a uniform sample of the distinct rows so far.
     memory_insert: str = "every-epoch"
+    # Selective backprop (ricordo.engine.selective): forward each new batch without gradients,
+    # then train on ceil(keep_fraction * rows) of its rows, chosen by "loss" (highest),
+    # "gradient-matching" (a weighted subset matching the mean last-layer gradient) or
+    # "random". None: every row.
+    selective_backprop: str | None = None
+    keep_fraction: float = DEFAULT_KEEP_FRACTION
 
     def __post_init__(self) -> None:
         _check(
@@ -341,6 +349,25 @@ class UpdateConfig:
             "data_workers",
             self.data_workers,
             f"an integer in [0, {MAX_THREADS}] (DataLoader processes; 0: none)",
+        )
+        _check(
+            self.selective_backprop is None or self.selective_backprop in SELECTIVE_BACKPROP,
+            "selective_backprop",
+            self.selective_backprop,
+            "loss, gradient-matching or random (or leave it out to train on every row)",
+        )
+        _check(
+            _finite(self.keep_fraction) and 0 < self.keep_fraction <= 1,
+            "keep_fraction",
+            self.keep_fraction,
+            "a share of each batch in (0, 1], such as 0.5",
+        )
+        _check(
+            self.selective_backprop is not None or self.keep_fraction == DEFAULT_KEEP_FRACTION,
+            "keep_fraction",
+            self.keep_fraction,
+            "--selective-backprop loss, gradient-matching or random as well (it chooses the "
+            "rows kept)",
         )
 
     def _check_batch_size_schedule(self) -> None:

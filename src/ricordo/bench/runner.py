@@ -123,6 +123,8 @@ def run_benchmark(
                 "train_steps": chunk_steps,
                 # Parameters the update trained (a routed method: its new expert and head).
                 "trainable_parameters": record["train"].get("trainable_parameters"),
+                # --selective-backprop: the new rows seen, forwarded only, back-propagated.
+                "selective_backprop": record["train"].get("selective_backprop"),
                 "peak_rss_mb": peak_rss_mb(),
                 "peak_cuda_mb": _mb(torch.cuda.max_memory_allocated()) if uses_cuda else None,
                 "state_mb": _mb(state_nbytes(updater)),

@@ -149,6 +149,7 @@ def write_checkpoint(
             "val_accuracy": report.val_accuracy,
             "batch_sizes": report.batch_sizes,
             "batch_schedule": report.batch_schedule,
+            "selective_backprop": report.selective_backprop,
             "eb_values": report.eb_values,
         },
         "guard_first": guard.first,
@@ -250,6 +251,7 @@ def restore_checkpoint(
     report.val_accuracy = list(saved_report["val_accuracy"])
     report.batch_sizes = [int(v) for v in saved_report.get("batch_sizes", [])]
     report.batch_schedule = saved_report.get("batch_schedule")
+    report.selective_backprop = saved_report.get("selective_backprop")
     report.eb_values = [float(v) for v in saved_report.get("eb_values", [])]
     guard.first = [float(v) for v in meta["guard_first"]]
     early = meta["early_stopping"]

@@ -28,6 +28,7 @@ from ricordo.engine.checkpoint import (
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
+from ricordo.engine.selective import SelectiveBackprop
 from ricordo.errors import ConfigError, TrainingDivergedError
 from ricordo.methods.base import Batch, Method, UpdateContext
 from ricordo.optim.cabs import CABSSchedule, gradient_variance_trace
@@ -54,6 +55,9 @@ class TrainReport:
     final_loss: float = float("nan")
     best_epoch: int | None = None
     val_accuracy: list[float] = field(default_factory=list)
+    # --selective-backprop: the strategy and the new rows seen, forwarded for selection only and
+    # back-propagated (engine.selective); None without the option.
+    selective_backprop: dict[str, object] | None = None
     # --batch-size-schedule cabs: the new rows of each step, in order, and the rule's running
     # averages after the last epoch (ricordo.optim.cabs); empty and None with fixed batches.
     batch_sizes: list[int] = field(default_factory=list)
@@ -77,6 +81,7 @@ class TrainReport:
             "final_loss": self.final_loss,
             "best_epoch": self.best_epoch,
             "val_accuracy": self.val_accuracy,
+            "selective_backprop": self.selective_backprop,
             "batch_sizes": self.batch_sizes,
             "batch_schedule": self.batch_schedule,
             "backend": self.backend,
@@ -183,6 +188,11 @@ def _train_update(
     wrapped, optimizer = backend.setup(model, optimizer)
     ctx.model = wrapped
     report = TrainReport(backend=backend.name)
+    selective = (
+        None
+        if config.selective_backprop is None
+        else SelectiveBackprop(config.selective_backprop, config.keep_fraction)
+    )
     report.trainable_parameters = sum(
         p.numel() for group in optimizer.param_groups for p in group["params"]
     )
@@ -216,6 +226,8 @@ def _train_update(
             guard=guard,
             stopping=stopping,
         )
+        if selective is not None and report.selective_backprop is not None:
+            selective.restore(report.selective_backprop)
 
     if schedule is not None and report.batch_schedule is not None:  # resumed: continue it
         schedule.load_state_dict(report.batch_schedule)
@@ -258,13 +270,18 @@ def _train_update(
                 if stopping.eb is not None and _eb_says_stop(stopping.eb, model, method, seen, ctx):
                     report.stop_reason, report.stopped_step = "eb", report.steps
                     break
+                step_rows = batch
                 with backend.autocast():
+                    if selective is not None:  # the loss sees the kept rows only
+                        seen, step_rows = selective.subset(seen, batch, ctx)
                     loss = method.loss(seen, ctx)
                 value = float(loss.detach())
                 guard.check(value, epoch, report.steps)
                 optimizer.zero_grad(set_to_none=True)
                 backend.backward(loss)
-                method.before_step(batch, ctx)
+                # before_step: the rows whose gradients are in p.grad; after_step (memories):
+                # the whole batch, so a memory samples the stream as without the option.
+                method.before_step(step_rows, ctx)
                 # CABS: the gradient variance at the weights this step's gradient was taken at.
                 variance = (
                     0.0
@@ -286,6 +303,8 @@ def _train_update(
                 epoch_loss, epoch_steps = epoch_loss + value, epoch_steps + 1
                 lr = optimizer.param_groups[0]["lr"]
                 logs.step(report.steps, epoch, value, lr, time.perf_counter() - started)
+            if selective is not None:  # each epoch, so that a checkpoint carries the counts
+                report.selective_backprop = selective.to_dict()
             report.epochs = epoch + 1
             if schedule is not None:  # each epoch, so that a checkpoint continues the rule
                 report.batch_schedule = schedule.state_dict()

@@ -31,6 +31,9 @@ class Batch:
     x: Tensor
     y: Tensor
     index: Tensor | None = None
+    # Per-row loss weights (None: all 1), set by --selective-backprop gradient-matching: a
+    # loss reads them with ``weighted_cross_entropy``; methods that do set ``reads_row_weights``.
+    weight: Tensor | None = None
 
 
 @dataclass
@@ -118,6 +121,10 @@ class Method:
     # Whether the method trains parts of a pretrained transformer (``--backbone``) and cannot
     # run without one (PEFT methods); ``check_config`` then refuses a config without it.
     needs_backbone: ClassVar[bool] = False
+    # Whether the class's own ``loss`` applies ``Batch.weight`` (needed by --selective-backprop
+    # gradient-matching). Read from the class that defines ``loss`` (``reads_row_weights``), so
+    # a subclass that overrides ``loss`` does not inherit it.
+    loss_reads_row_weights: ClassVar[bool] = True
 
     def __init__(self, params: Any, memory: TensorMemory | None) -> None:
         self.params = params
@@ -148,7 +155,7 @@ class Method:
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         """The training loss of one step (default: cross-entropy on the batch)."""
-        return F.cross_entropy(ctx.logits(batch.x), batch.y)
+        return weighted_cross_entropy(ctx.logits(batch.x), batch.y, batch.weight)
 
     def before_step(self, batch: Batch, ctx: UpdateContext) -> None:
         """Called between backward and the optimizer step: gradients are in ``p.grad``
@@ -180,6 +187,15 @@ class Method:
         """Refuse in one line (ConfigError) a configuration the method cannot run with, e.g. a
         PEFT method (``needs_backbone``) without ``--backbone``. Called when the Updater is
         built; overrides call ``super().check_config(config)``."""
+        if getattr(config, "selective_backprop", None) == "gradient-matching" and not (
+            reads_row_weights(cls)
+        ):
+            raise ConfigError(
+                f"--selective-backprop gradient-matching weights the rows it keeps, but method "
+                f"{cls.name!r}'s loss does not read row weights; use it with a method whose "
+                f"loss does ({', '.join(weighted_methods())}) or choose --selective-backprop "
+                "loss or random"
+            )
         if cls.needs_backbone and getattr(config, "backbone", None) is None:
             raise ConfigError(
                 f"method {cls.name!r} trains small parts of a frozen pretrained transformer; "
@@ -220,6 +236,26 @@ class Method:
 
 
 METHODS: Registry[type[Method]] = Registry("method", plugins="ricordo.methods")
+
+
+def weighted_cross_entropy(logits: Tensor, y: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the rows, each row's term times its ``weight`` when given
+    (``Batch.weight``: mean over rows of ``weight_i * loss_i``, not divided by the weights' sum)."""
+    if weight is None:
+        return F.cross_entropy(logits, y)
+    return (F.cross_entropy(logits, y, reduction="none") * weight).mean()
+
+
+def reads_row_weights(method: type[Method]) -> bool:
+    """Whether ``method``'s ``loss`` applies ``Batch.weight``: the flag of the class that
+    defines the ``loss`` it runs."""
+    owner = next(c for c in method.__mro__ if "loss" in c.__dict__)
+    return bool(owner.__dict__.get("loss_reads_row_weights", False))
+
+
+def weighted_methods() -> list[str]:
+    """Registered methods whose loss reads row weights."""
+    return sorted(name for name in METHODS.names() if reads_row_weights(METHODS.get(name)))
 
 
 def register(cls: type[Method]) -> type[Method]:

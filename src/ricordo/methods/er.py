@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from ricordo.config import UpdateConfig
 from ricordo.errors import ConfigError
-from ricordo.methods.base import Batch, Method, UpdateContext, register
+from ricordo.methods.base import Batch, Method, UpdateContext, register, weighted_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,8 @@ class ExperienceReplay(Method):
     defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500 (replayed batch = batch size)"
     # Its subclasses (er-ace, der, der++, cls-er, pod-er, super-er) read the chunk by batches too.
     supports_lazy_data = True
+    # Its loss weights the new rows by Batch.weight (--selective-backprop gradient-matching).
+    loss_reads_row_weights = True
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
@@ -69,10 +70,13 @@ class ExperienceReplay(Method):
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         replay = self.replay_batch(batch, ctx)
         if replay is None:
-            return F.cross_entropy(ctx.logits(batch.x), batch.y)
+            return weighted_cross_entropy(ctx.logits(batch.x), batch.y, batch.weight)
         x = torch.cat([batch.x, replay.x])
         y = torch.cat([batch.y, replay.y])
-        return F.cross_entropy(ctx.logits(x), y)
+        weight = batch.weight
+        if weight is not None:  # replayed rows weigh 1, as without selective backprop
+            weight = torch.cat([weight, weight.new_ones(len(replay.y))])
+        return weighted_cross_entropy(ctx.logits(x), y, weight)
 
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
         assert self.memory is not None
