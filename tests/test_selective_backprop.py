@@ -298,3 +298,27 @@ def test_cli_update_line_reports_the_rows(
         "ricordo: error: --keep-fraction 2.0 is invalid; expected a share of each batch in "
         "(0, 1], such as 0.5"
     ]
+
+
+def test_a_resumed_update_continues_the_counts(digits_scenario: Scenario, tmp_path: Path) -> None:
+    from ricordo.engine.checkpoint import EpochEnd
+
+    chunk = digits_scenario.train[0]
+    options = {**FAST, "epochs": 2, "selective_backprop": "gradient-matching"}
+    straight = Updater(method="finetune", **options)
+    straight.update(chunk)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(end: EpochEnd) -> None:
+        end.save(tmp_path / "ckpt")
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Updater(method="finetune", **options).update(chunk, on_epoch_end=stop)
+    resumed = Updater(method="finetune", **options)
+    resumed.update(chunk, resume_from=tmp_path / "ckpt")
+    want = straight.history[-1]["train"]["selective_backprop"]
+    assert resumed.history[-1]["train"]["selective_backprop"] == want
+    assert want["seen_rows"] == 2 * len(chunk)
