@@ -28,16 +28,16 @@ or the S-Prompts one; the PEFT-choice paper's optimiser settings are unverified.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from ricordo.errors import ConfigError
 from ricordo.methods.base import UpdateContext, register
 from ricordo.methods.keyed_pool import KeyedPool, PoolParams
 from ricordo.methods.lora_experts import (
+    LoraParamFields,
     adapter_name,
     adapters_from_tensors,
     adapters_to_tensors,
@@ -45,7 +45,6 @@ from ricordo.methods.lora_experts import (
 )
 from ricordo.methods.routed import find_encoder
 from ricordo.peft import lora
-from ricordo.peft.lora import LoraSettings
 from ricordo.peft.pool import group_selections
 from ricordo.peft.routing import run_grouped
 
@@ -54,42 +53,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class L2LParams(PoolParams):
-    # The same LoRA settings, names and defaults as color and s-lora (LoraExpertParams).
-    rank: int = field(
-        default=8,
-        metadata={"doc": "LoRA rank r of every pool adapter (peft's default 8)."},
-    )
-    alpha: float = field(
-        default=8.0,
-        metadata={"doc": "LoRA alpha; each adapter's update is scaled by alpha / rank (peft: 8)."},
-    )
-    dropout: float = field(
-        default=0.0,
-        metadata={"doc": "Dropout on the adapters' input while training (peft's default 0)."},
-    )
-    target_modules: str = field(
-        default="query,value,q_proj,v_proj",
-        metadata={
-            "doc": "Comma-separated names of the linear layers to adapt (default: the attention "
-            "query and value projections of BERT and ViT); none matching is an error."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        try:
-            self.settings()
-        except ConfigError as error:
-            raise ConfigError(str(error)) from None
-
-    def settings(self) -> LoraSettings:
-        return LoraSettings(
-            rank=self.rank,
-            alpha=float(self.alpha),
-            dropout=float(self.dropout),
-            target_modules=lora.parse_targets(self.target_modules),
-        )
+class L2LParams(LoraParamFields, PoolParams):
+    """L2P's retrieval (PoolParams) over a pool of LoRA adapters with color's LoRA settings."""
 
 
 @register

@@ -31,18 +31,25 @@ def adapter_name(task: int) -> str:
 
 
 @dataclass(frozen=True)
-class LoraExpertParams(RoutedParams):
+class LoraParamFields:
+    """The LoRA hyperparameters of a method (``--param rank=...``), shared by color, s-lora and
+    l2l: put it first among the bases so the method's own fields come before these."""
+
     rank: int = field(
         default=8,
-        metadata={"doc": "LoRA rank r (peft's default 8; CoLoR's value is unverified)."},
+        metadata={
+            "doc": "LoRA rank r of each adapter (peft's default 8; the papers' is unverified)."
+        },
     )
     alpha: float = field(
         default=8.0,
-        metadata={"doc": "LoRA alpha; the update is scaled by alpha / rank (peft's default 8)."},
+        metadata={
+            "doc": "LoRA alpha; an adapter's update is scaled by alpha / rank (peft's default 8)."
+        },
     )
     dropout: float = field(
         default=0.0,
-        metadata={"doc": "Dropout on the adapter's input while training (peft's default 0)."},
+        metadata={"doc": "Dropout on the adapters' input while training (peft's default 0)."},
     )
     target_modules: str = field(
         default="query,value,q_proj,v_proj",
@@ -55,7 +62,9 @@ class LoraExpertParams(RoutedParams):
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
         try:
             self.settings()
         except ConfigError as error:
@@ -68,6 +77,11 @@ class LoraExpertParams(RoutedParams):
             dropout=float(self.dropout),
             target_modules=lora.parse_targets(self.target_modules),
         )
+
+
+@dataclass(frozen=True)
+class LoraExpertParams(LoraParamFields, RoutedParams):
+    """Prototype routing (RoutedParams) and the LoRA settings of each task's expert."""
 
 
 class LoraExperts(RoutedExperts):
