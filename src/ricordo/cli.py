@@ -279,7 +279,15 @@ Backend = Annotated[str | None, typer.Option(help="auto, torch or fabric.")]
 Accelerator = Annotated[str | None, typer.Option(help="auto, cpu, cuda, mps.")]
 Devices = Annotated[int | None, typer.Option(help="Devices per update.")]
 Precision = Annotated[str | None, typer.Option(help="32-true, bf16-mixed, 16-mixed, ...")]
-Strategy = Annotated[str | None, typer.Option(help="Fabric strategy.")]
+Strategy = Annotated[
+    str | None,
+    typer.Option(
+        help="Fabric strategy; ddp: data-parallel processes (--devices per node, --num-nodes)."
+    ),
+]
+NumNodes = Annotated[
+    int | None, typer.Option(help="Machines of a --strategy ddp update (torchrun or SLURM).")
+]
 Threads = Annotated[
     int | None,
     typer.Option(
@@ -613,6 +621,7 @@ def update(
     devices: Devices = None,
     precision: Precision = None,
     strategy: Strategy = None,
+    num_nodes: NumNodes = None,
     threads: Threads = None,
     augment: Augment = None,
     progress: ShowProgress = None,
@@ -743,6 +752,10 @@ def update(
     except UpdateRejectedError as refused:
         _keep_refused(refused, rejected_state, next_state, state)
     updater.save(next_state, overwrite=overwrite)
+    from ricordo.engine.distributed import is_writer
+
+    if not is_writer():  # --strategy ddp: rank 0 wrote the state and reports it
+        return
     train = record["train"]
     held = record["data"].get("held_out")
     typer.echo(

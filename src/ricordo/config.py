@@ -115,6 +115,8 @@ class UpdateConfig:
     backend: str = "auto"
     accelerator: str = "auto"
     devices: int = 1
+    # Machines of a --strategy ddp update (devices per node x nodes processes in all).
+    num_nodes: int = 1
     precision: str = "32-true"
     strategy: str = "auto"
     threads: int | None = None  # None: auto (engine.backend.resolve_threads)
@@ -333,6 +335,12 @@ class UpdateConfig:
         _check(all(h >= 1 for h in self.hidden), "hidden", self.hidden, "positive layer sizes")
         _check(
             _is_int(self.devices) and self.devices >= 1, "devices", self.devices, "an integer >= 1"
+        )
+        _check(
+            _is_int(self.num_nodes) and self.num_nodes >= 1,
+            "num_nodes",
+            self.num_nodes,
+            "an integer >= 1",
         )
         if self.augment is not None:
             from ricordo.data.augment import training_augment_spec

@@ -644,7 +644,14 @@ class Updater:
 
         ``overwrite=True`` replaces a state at ``url``, but never the state this Updater was
         loaded from: the new state records it as its parent.
+
+        Under ``--strategy ddp`` only rank 0 writes (every rank holds the same model and
+        memory); the other ranks write nothing and get an empty dict.
         """
+        from ricordo.engine.distributed import is_writer
+
+        if not is_writer():
+            return {}
         model = self._require_model()
         if self.source_url is not None and same_location(url, self.source_url):
             raise StateError(

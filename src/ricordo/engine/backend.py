@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ricordo.config import UpdateConfig
+from ricordo.engine.distributed import DATA_PARALLEL
 from ricordo.errors import ConfigError
 
 FULL_PRECISION = ("32-true", "32")
@@ -37,6 +38,8 @@ class TorchBackend:
     """Plain PyTorch on one device, float32."""
 
     name = "torch"
+    rank = 0
+    world_size = 1
 
     def __init__(self, accelerator: str) -> None:
         self.device = _resolve_device(accelerator)
@@ -71,17 +74,27 @@ class FabricBackend:
                 '[fabric]", or train at float32 on one device (--precision 32-true, --backend auto)'
             ) from None
 
+        key = (config.accelerator, config.devices, config.num_nodes, config.precision)
+        launched = _LAUNCHED.get(key + (config.strategy,))
         try:
-            self.fabric = Fabric(
+            self.fabric = launched or Fabric(
                 accelerator=config.accelerator,
                 devices=config.devices,
+                num_nodes=config.num_nodes,
                 precision=config.precision,  # type: ignore[arg-type]
                 strategy=config.strategy,
             )
+            if config.strategy in DATA_PARALLEL and launched is None:
+                # Once per process: rank 0 starts ranks 1..N-1 (they re-run this command) unless
+                # torchrun or SLURM started them; then every rank joins the process group.
+                self.fabric.launch()
+                _LAUNCHED[key + (config.strategy,)] = self.fabric
         except (ValueError, RuntimeError, TypeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise ConfigError(f"Lightning Fabric rejected the device options: {first}") from None
         self.device = self.fabric.device
+        self.rank = self.fabric.global_rank
+        self.world_size = self.fabric.world_size
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
         return self.fabric.setup(model, optimizer)
@@ -95,12 +108,23 @@ class FabricBackend:
             yield
 
 
+# The data-parallel Fabric of this process, launched once (its ranks and process group persist).
+_LAUNCHED: dict[tuple[object, ...], Any] = {}
+
+
 def make_backend(config: UpdateConfig) -> TorchBackend | FabricBackend:
     """Pick the backend the config asks for (``auto``: plain loop when Fabric adds nothing)."""
-    if config.devices != 1:
+    if config.strategy in DATA_PARALLEL:
+        if config.backend == "torch":
+            raise ConfigError(
+                f"--strategy {config.strategy} runs through Lightning Fabric; drop --backend torch"
+            )
+        return FabricBackend(config)
+    if config.devices != 1 or config.num_nodes != 1:
+        flag = f"--devices {config.devices}" if config.devices != 1 else "--num-nodes"
         raise ConfigError(
-            f"--devices {config.devices}: one update runs on one device in this version; "
-            "use --devices 1 (multi-device updates are planned)"
+            f"{flag}: one process trains on one device; use --devices 1, or --strategy ddp for "
+            "data-parallel processes"
         )
     simple = config.precision in FULL_PRECISION and config.strategy in ("auto", "single_device")
     if config.backend == "torch" or (config.backend == "auto" and simple):

@@ -25,6 +25,7 @@ from ricordo.engine.checkpoint import (
     restore_checkpoint,
     write_checkpoint,
 )
+from ricordo.engine.distributed import mean_across_ranks
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
@@ -180,6 +181,9 @@ def _train_update(
     backend = make_backend(config)
     model.to(backend.device)
     ctx.device = backend.device
+    ctx.rank, ctx.world_size = backend.rank, backend.world_size
+    if ctx.world_size > 1:
+        _check_data_parallel(method, config)
     # PEFT methods inject this update's adapter and pick the trainable parts before the
     # optimizer sees the parameters; the ones they own outside the model join it.
     method.prepare_model(model, ctx)
@@ -257,7 +261,10 @@ def _train_update(
     description = f"update {ctx.update_index} ({method.name})"
     with (
         Progress(total, description, enabled=config.progress) as progress,
-        open_loggers(config.logger, ctx.update_index, config.to_dict()) as logs,
+        # One set of log files: rank 0 writes them (every rank logs the same global loss).
+        open_loggers(
+            config.logger if ctx.rank == 0 else (), ctx.update_index, config.to_dict()
+        ) as logs,
     ):
         for epoch in range(start_epoch, epochs):
             epoch_loss, epoch_steps = 0.0, 0  # the epoch's mean loss, for progress and loggers
@@ -267,6 +274,10 @@ def _train_update(
             order = torch.randperm(len(iterate), generator=ctx.generator)
             # The new rows are augmented for the loss only; after_step (memories) sees them raw.
             for batch, seen in batches(order):
+                if ctx.world_size > 1:
+                    if len(batch.y) < ctx.world_size:  # a last batch some rank has no row of
+                        continue
+                    seen = _shard_batch(seen, ctx)
                 if stopping.eb is not None and _eb_says_stop(stopping.eb, model, method, seen, ctx):
                     report.stop_reason, report.stopped_step = "eb", report.steps
                     break
@@ -275,7 +286,8 @@ def _train_update(
                     if selective is not None:  # the loss sees the kept rows only
                         seen, step_rows = selective.subset(seen, batch, ctx)
                     loss = method.loss(seen, ctx)
-                value = float(loss.detach())
+                # The global batch's loss (the ranks' mean): every rank judges the same value.
+                value = mean_across_ranks(loss.detach(), ctx.world_size)
                 guard.check(value, epoch, report.steps)
                 optimizer.zero_grad(set_to_none=True)
                 backend.backward(loss)
@@ -357,6 +369,35 @@ def _train_update(
     _reselect_memory(method, train_data, ctx)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _shard_batch(batch: Batch, ctx: UpdateContext) -> Batch:
+    """--strategy ddp: this rank's rows of a global batch (the raw batch goes whole to the
+    memory, so every rank's memory takes the same rows)."""
+    return Batch(
+        ctx.shard(batch.x),
+        ctx.shard(batch.y),
+        None if batch.index is None else ctx.shard(batch.index),
+        None if batch.weight is None else ctx.shard(batch.weight),
+    )
+
+
+def _check_data_parallel(method: Method, config: UpdateConfig) -> None:
+    """Refuse, in one line, what --strategy ddp has not been verified with."""
+    if not type(method).__dict__.get("supports_ddp", False):
+        raise ConfigError(
+            f"--strategy {config.strategy}: method {method.name!r} is not verified under "
+            "data-parallel training; use finetune or er, or drop --strategy"
+        )
+    for given, flag in (
+        (config.selective_backprop is not None, "--selective-backprop"),
+        (config.batch_size_schedule != "fixed", "--batch-size-schedule cabs"),
+        (config.stopping_rule == "eb", "--early-stopping eb"),
+    ):
+        if given:
+            raise ConfigError(
+                f"--strategy {config.strategy} does not support {flag} yet; drop one of them"
+            )
 
 
 def _eb_says_stop(

@@ -57,6 +57,19 @@ class UpdateContext:
     # A lazy chunk's per-sample training transform (its own, then --augment), set by the engine
     # while it trains on one: ``augment`` then applies it to each replayed row too.
     sample_transform: Callable[[Tensor], Tensor] | None = None
+    # --strategy ddp: this process's rank and the number of processes (engine.distributed);
+    # each trains on its ``shard`` of every global batch. 0 and 1 in one process.
+    rank: int = 0
+    world_size: int = 1
+
+    def shard(self, rows: Tensor) -> Tensor:
+        """This rank's rows of a batch every rank built alike (all of them in one process).
+
+        Methods build replayed batches from identical memories and generators on every rank,
+        then train on their shard, so the ranks together see the batch one process would."""
+        from ricordo.engine.distributed import shard
+
+        return shard(rows, self.rank, self.world_size)
 
     def logits(self, x: Tensor) -> Tensor:
         return self.mask_unseen(self.model(x))
@@ -118,6 +131,10 @@ class Method:
     # Whether the method trains on a lazy chunk (ricordo.data.LazyDataset, --lazy): its hooks
     # read the chunk batch by batch, never as one tensor. The Updater refuses the others.
     supports_lazy_data: ClassVar[bool] = False
+    # --strategy ddp was verified for this method (engine.distributed: its loss reads the
+    # rank's shard, its memory inserts whole global batches). Read from the class itself, not
+    # inherited: a subclass that changes the loss or the memory must be verified on its own.
+    supports_ddp: ClassVar[bool] = False
     # Whether the method trains parts of a pretrained transformer (``--backbone``) and cannot
     # run without one (PEFT methods); ``check_config`` then refuses a config without it.
     needs_backbone: ClassVar[bool] = False

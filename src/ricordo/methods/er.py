@@ -48,6 +48,8 @@ class ExperienceReplay(Method):
     supports_lazy_data = True
     # Its loss weights the new rows by Batch.weight (--selective-backprop gradient-matching).
     loss_reads_row_weights = True
+    # --strategy ddp: the replayed batch is sharded like the new one (tests/test_ddp.py).
+    supports_ddp = True
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
@@ -65,7 +67,10 @@ class ExperienceReplay(Method):
             return None
         size = self.params.memory_batch_size or ctx.config.batch_size
         rows = self.memory.sample(size)
-        return Batch(ctx.augment(rows["x"].to(ctx.device)), rows["y"].to(ctx.device))
+        # Drawn and augmented whole on every rank (identical memories and generators), then
+        # this rank's share: under --strategy ddp the ranks replay what one process would.
+        x = ctx.augment(rows["x"].to(ctx.device))
+        return Batch(ctx.shard(x), ctx.shard(rows["y"].to(ctx.device)))
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         replay = self.replay_batch(batch, ctx)

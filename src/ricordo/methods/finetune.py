@@ -16,3 +16,4 @@ class FineTune(Method):
     name = "finetune"
     summary = "Train on the new chunk only; forgets (lower bound)."
     supports_lazy_data = True
+    supports_ddp = True  # its loss is the sharded new batch's cross-entropy (tests/test_ddp.py)

@@ -1,0 +1,58 @@
+"""Data-parallel updates (``--strategy ddp``): which process this is, and how a batch is split.
+
+Every process runs the whole job (Lightning Fabric re-runs the command for ranks 1..N-1, or
+``torchrun``/SLURM started them all) and sees the whole chunk. Each step every rank builds the
+same global batch from the same seeded order and trains on its share of it (rows ``rank``,
+``rank + N``, ...); Fabric's DDP wrapper averages the gradients, so a step is the step one
+process would take on the global batch. The rehearsal memory is replicated: every rank inserts
+the whole global batch with identical generators, so the memories stay equal without any
+communication, and equal to the memory of a one-process run on the same seed. Rank 0 alone
+writes states.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+
+# The Fabric strategies that run one update on several processes.
+DATA_PARALLEL = ("ddp",)
+
+T = TypeVar("T", bound=torch.Tensor)
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return 0
+
+
+def world_size() -> int:
+    """How many processes train together (1 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_world_size())
+    return 1
+
+
+def is_writer() -> bool:
+    """True in the one process that writes states and prints results (rank 0)."""
+    return rank() == 0
+
+
+def shard(rows: T, rank_: int, world: int) -> T:
+    """This rank's rows of a global batch: every ``world``-th row from ``rank_`` (all of them
+    in one process). Strided, so ranks get equal shares (within one row) of any batch."""
+    if world == 1:
+        return rows
+    return rows[rank_::world]  # type: ignore[return-value]
+
+
+def mean_across_ranks(value: torch.Tensor, world: int) -> float:
+    """The mean of a scalar over the ranks (the global batch's loss); itself in one process."""
+    if world == 1:
+        return float(value)
+    total = value.detach().to(torch.float64).reshape(1).clone()
+    torch.distributed.all_reduce(total)
+    return float(total) / world

@@ -1,0 +1,114 @@
+"""--strategy ddp: two CPU processes (gloo) train what one process trains, and rank 0 writes it.
+
+The two-process run is a real `ricordo update --strategy ddp --devices 2` (Fabric starts rank 1
+by re-running the command), compared with the same update in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.datasets import load_digits
+
+from ricordo.config import UpdateConfig
+from ricordo.engine.backend import make_backend
+from ricordo.engine.distributed import mean_across_ranks, shard
+from ricordo.engine.loop import _check_data_parallel
+from ricordo.errors import ConfigError
+from ricordo.methods.base import METHODS
+from ricordo.updater import Updater
+
+OPTIONS = {"method": "er", "memory_size": 100, "epochs": 2, "seed": 3, "batch_size": 32}
+RICORDO = Path(sys.executable).with_name("ricordo")
+
+
+def _digits(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Digits 0-4: 700 training rows as an .npz chunk, the rest as test rows."""
+    data = load_digits()
+    keep = data.target < 5
+    x = (data.data[keep] / 16).astype("float32")
+    y = data.target[keep]
+    chunk = folder / "train.npz"
+    np.savez(chunk, x=x[:700], y=y[:700])
+    return chunk, x[700:], y[700:]
+
+
+def _accuracy(updater: Updater, x: np.ndarray, y: np.ndarray) -> float:
+    return float((updater.predict(torch.from_numpy(x)).numpy() == y).mean())
+
+
+def test_two_process_er_update_equals_one_process(tmp_path: Path) -> None:
+    chunk, x_test, y_test = _digits(tmp_path)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"  # two ranks on a shared 2-core machine
+    command = [str(RICORDO), "update", "--data", str(chunk), "--next-state"]
+    ddp = [*command, str(tmp_path / "ddp"), *flags, "--accelerator", "cpu", "--no-progress"]
+    ddp += ["--strategy", "ddp", "--devices", "2"]
+    run = subprocess.run(ddp, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    # Rank 0 alone reports (and writes): one result line, not two.
+    assert run.stdout.count("update 0 (er): 700 samples") == 1, run.stdout
+
+    one = Updater(accelerator="cpu", progress=False, **OPTIONS)
+    one.update(torch.from_numpy(np.load(chunk)["x"]), torch.from_numpy(np.load(chunk)["y"]))
+    one.save(str(tmp_path / "one"))
+
+    two = Updater.load(str(tmp_path / "ddp"))  # a valid state: every checksum verified
+    assert two.config.strategy == "ddp" and two.config.devices == 2
+    # The replicated memory took the same rows in the same places as one process's: the
+    # ranks inserted the whole global batches with the same generators.
+    for name in ("index.json", "shard-00000.safetensors", "state.safetensors"):
+        saved = (tmp_path / "ddp" / "memory" / name).read_bytes()
+        assert saved == (tmp_path / "one" / "memory" / name).read_bytes(), name
+    # Averaged shard gradients are the global batch's gradient: the same weights up to the
+    # order of float additions.
+    weights, reference = (
+        load_file(tmp_path / "ddp/model.safetensors"),
+        load_file(tmp_path / "one/model.safetensors"),
+    )
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4)
+    accuracy = _accuracy(two, x_test, y_test)
+    assert accuracy > 0.4  # 5 classes: chance is 0.2 (two epochs at the default lr)
+    assert abs(accuracy - _accuracy(one, x_test, y_test)) <= 0.02
+
+
+def test_unverified_methods_and_options_are_refused_under_ddp() -> None:
+    config = UpdateConfig(strategy="ddp", devices=2)
+    der = object.__new__(METHODS.get("der"))  # an ER subclass: verification is not inherited
+    with pytest.raises(ConfigError, match="^--strategy ddp: method 'der' is not verified"):
+        _check_data_parallel(der, config)
+    er = object.__new__(METHODS.get("er"))
+    _check_data_parallel(er, config)  # verified
+    for option, flag in (
+        ({"selective_backprop": "loss"}, "--selective-backprop"),
+        ({"early_stopping": "eb"}, "--early-stopping eb"),
+    ):
+        with pytest.raises(ConfigError, match=f"does not support {flag} yet"):
+            _check_data_parallel(er, UpdateConfig(strategy="ddp", devices=2, **option))
+
+
+def test_several_devices_or_nodes_need_ddp() -> None:
+    with pytest.raises(ConfigError, match="^--num-nodes: one process trains on one device"):
+        make_backend(UpdateConfig(num_nodes=2, accelerator="cpu"))
+    with pytest.raises(ConfigError, match="^--num-nodes 0 is invalid; expected an integer >= 1"):
+        UpdateConfig(num_nodes=0)
+    with pytest.raises(ConfigError, match="^--strategy ddp runs through Lightning Fabric"):
+        make_backend(UpdateConfig(strategy="ddp", backend="torch"))
+
+
+def test_shards_cover_a_batch_once_and_one_process_keeps_it() -> None:
+    rows = torch.arange(7)
+    parts = [shard(rows, r, 2) for r in range(2)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(7))
+    assert [len(p) for p in parts] == [4, 3]
+    assert shard(rows, 0, 1) is rows
+    assert mean_across_ranks(torch.tensor(1.5), 1) == 1.5
