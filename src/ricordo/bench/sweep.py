@@ -337,7 +337,9 @@ def _run_on_ray(
     if started_here:
         kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR"}
         if address == "local":
-            ray.init(num_cpus=workers or None, **kwargs)
+            # "local" starts a new single-machine cluster; without it Ray would join whatever
+            # cluster this machine already runs (RAY_ADDRESS or the last `ray start`).
+            ray.init(address="local", num_cpus=workers or None, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     try:
