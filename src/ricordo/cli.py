@@ -860,8 +860,12 @@ def tune(
     trials_dir: Annotated[
         str | None,
         typer.Option(
-            help="Keep the trials' folders (checkpoints, results) here; default: a temporary "
-            "folder, removed. On a cluster: shared storage."
+            "--trials-dir",
+            "--storage",
+            metavar="DIR|URL",
+            help="Keep the trials' checkpoints and results here: a folder or any fsspec URL "
+            "(s3://..., gs://...); default: a temporary folder, removed. On a cluster with nodes "
+            "on other machines: storage every node reaches (required there).",
         ),
     ] = None,
     target: Target = None,

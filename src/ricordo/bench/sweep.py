@@ -345,7 +345,7 @@ def _run_on_ray(
     try:
         local = address == "local"
         per_run = max(1, _cores() // (workers or 1)) if local else 1
-        remote = ray.remote(execute_run)
+        remote = ray.remote(_execute_on_node)
         queue = list(tasks)
         pending: dict[Any, dict[str, Any]] = {}
         while queue or pending:
@@ -366,6 +366,15 @@ def _run_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _execute_on_node(task: dict[str, Any]) -> dict[str, Any]:
+    """:func:`execute_run` as a Ray task; the record names the Ray node that ran it."""
+    import ray
+
+    record = execute_run(task)
+    record["node"] = ray.get_runtime_context().get_node_id()
+    return record
 
 
 def _import_ray() -> Any:
@@ -474,6 +483,7 @@ def summarize_runs(
     runs = [
         {k: r.get(k) for k in ("run", "name", "method", "seed", "status", "file", "seconds")}
         | ({"error": r["error"]} if r["status"] != "ok" else {})
+        | ({"node": r["node"]} if "node" in r else {})  # the Ray node (runs on Ray only)
         for r in records
     ]
     return {

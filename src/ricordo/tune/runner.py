@@ -25,6 +25,7 @@ from ricordo.data.loaders import load_data
 from ricordo.errors import ConfigError, RicordoError
 from ricordo.tune.objective import DEFAULT_HOLDOUT, METRIC, MODE
 from ricordo.tune.space import SearchSpace, load_space
+from ricordo.tune.storage import other_machines, trial_storage
 from ricordo.tune.trainable import TrialJob, run_trial
 
 SCHEDULER_NAMES = ("random", "grid", "asha", "pasha")
@@ -43,6 +44,7 @@ class TrialRecord:
     status: str = "done"
     warm_start: bool = False
     error: str | None = None  # the last line of a failed trial's error
+    node: str | None = None  # the Ray node that ran the trial's last epoch
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class SearchPlan:
     max_epochs: int
     max_time: float | None
     ray_address: str | None
-    trials_dir: str | None
+    trials_dir: str | None  # a folder or any fsspec URL (``tune.storage``); None: a temporary one
     seed: int
     # The best configurations of earlier jobs, tried first (at most ``trials`` of them).
     warm: tuple[dict[str, Any], ...] = ()
@@ -106,6 +108,14 @@ def tune(
     the objective. ``on_trial`` is called with each finished trial. ``model_code``: your model
     code (a .py file or module:function; the CLI's ``--config``), for a new lineage or the code
     a ``state`` was trained with.
+
+    ``ray_address``: a Ray cluster to run the trials on (default: an embedded Ray on this
+    machine's cores). ``trials_dir`` (the CLI's ``--trials-dir``/``--storage``): where the trials
+    keep their checkpoints and results, a folder or any fsspec URL (``tune.storage``); kept
+    afterwards. Without it a temporary folder is used and removed, which a cluster with nodes on
+    other machines cannot share: that is refused. The chunk travels to the trials with the job;
+    ``state``, ``model_code`` and ``backbone`` are read by every trial from where they are, so on
+    such a cluster they must be URLs or paths mounted on every node.
     """
     _check_arguments(scheduler, trials, max_epochs, max_time, threads_per_trial)
     from ricordo.updater import Updater
@@ -310,12 +320,27 @@ def _start_ray(address: str | None) -> bool:
     return True
 
 
+def _check_storage_reachable(ray: Any, plan: SearchPlan) -> None:
+    """Refuse the temporary local trial folder when the cluster has nodes on other machines:
+    their trials' checkpoints would land on disks the driver never sees."""
+    if plan.trials_dir is not None or plan.ray_address in (None, "local"):
+        return
+    remote = other_machines(ray)
+    if remote:
+        raise ConfigError(
+            f"the Ray cluster at {plan.ray_address} has nodes on other machines "
+            f"({', '.join(remote)}); give --storage (--trials-dir) as storage every node "
+            "reaches: an fsspec URL such as s3://bucket/tune, or a folder mounted on every node"
+        )
+
+
 def _run_trials(
     job: TrialJob, plan: SearchPlan, on_trial: Callable[[TrialRecord], None] | None
 ) -> list[TrialRecord]:
     """Run the trials on Ray Tune; their records in the order Ray created them."""
     ray = _import_ray()
     from ray import tune as ray_tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ricordo.tune.schedulers import make_scheduler
@@ -333,8 +358,8 @@ def _run_trials(
     scheduler = make_scheduler(
         plan.scheduler, metric=METRIC, mode=MODE, max_epochs=plan.max_epochs, seed=plan.seed
     )
-    started = _start_ray(plan.ray_address)
-    storage = plan.trials_dir or tempfile.mkdtemp(prefix="ricordo-tune-")
+    temporary = None if plan.trials_dir else tempfile.mkdtemp(prefix="ricordo-tune-")
+    storage = trial_storage(plan.trials_dir or temporary)  # a bad URL fails before Ray starts
     # Warm-start points come first (Ray counts them in num_samples); then random samples.
     search = BasicVariantGenerator(
         points_to_evaluate=[dict(p) for p in plan.warm] or None,
@@ -342,41 +367,49 @@ def _run_trials(
         constant_grid_search=grid,
     )
     callback = _trial_lines(space, on_trial)
-    tuner = ray_tune.Tuner(
-        ray_tune.with_resources(ray_tune.with_parameters(run_trial, job=job), {"cpu": job.threads}),
-        param_space=param_space,
-        tune_config=ray_tune.TuneConfig(
-            # ASHA and PASHA carry the metric themselves; Ray refuses it twice.
-            metric=METRIC if plan.scheduler in ("random", "grid") else None,
-            mode=MODE if plan.scheduler in ("random", "grid") else None,
-            search_alg=search,
-            scheduler=scheduler,
-            num_samples=1 if grid else plan.trials,
-            time_budget_s=plan.max_time,
-            # A trial's process is reused by the next trial (imports torch once per worker).
-            reuse_actors=True,
-        ),
-        run_config=ray_tune.RunConfig(
-            name="trials",
-            storage_path=os.path.abspath(storage) if "://" not in storage else storage,
-            verbose=0,
-            callbacks=[callback],
-            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
-            log_to_file=True,
-        ),
-    )
     # Ray logs every failed trial's traceback; ricordo prints one line per trial instead.
     tune_logger = logging.getLogger("ray.tune")
     level = tune_logger.level
-    tune_logger.setLevel(logging.CRITICAL)
+    started = False
     try:
+        started = _start_ray(plan.ray_address)
+        _check_storage_reachable(ray, plan)
+        tuner = ray_tune.Tuner(
+            ray_tune.with_resources(
+                ray_tune.with_parameters(run_trial, job=job), {"cpu": job.threads}
+            ),
+            param_space=param_space,
+            tune_config=ray_tune.TuneConfig(
+                # ASHA and PASHA carry the metric themselves; Ray refuses it twice.
+                metric=METRIC if plan.scheduler in ("random", "grid") else None,
+                mode=MODE if plan.scheduler in ("random", "grid") else None,
+                search_alg=search,
+                scheduler=scheduler,
+                num_samples=1 if grid else plan.trials,
+                time_budget_s=plan.max_time,
+                # A trial's process is reused by the next trial (imports torch once per worker).
+                reuse_actors=True,
+            ),
+            run_config=ray_tune.RunConfig(
+                name="trials",
+                storage_path=storage.path,
+                storage_filesystem=storage.filesystem,
+                verbose=0,
+                # Kept trial folders get each trial's results too (result.json: one line per
+                # epoch); Ray's automatic loggers stay off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS).
+                callbacks=[callback, *([JsonLoggerCallback()] if temporary is None else [])],
+                checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=2),
+                log_to_file=True,
+            ),
+        )
+        tune_logger.setLevel(logging.CRITICAL)
         records = [callback.record_of(result) for result in tuner.fit()]
     finally:
         tune_logger.setLevel(level)
         if started:
             ray.shutdown()
-        if plan.trials_dir is None:  # the temporary trial folders (checkpoints) go
-            shutil.rmtree(storage, ignore_errors=True)
+        if temporary is not None:  # the temporary trial folders (checkpoints) go
+            shutil.rmtree(temporary, ignore_errors=True)
     records.sort(key=lambda r: r.trial)  # Ray numbers trials in the order it created them
     for index, record in enumerate(records):  # the search proposes the warm points first
         record.warm_start = index < len(plan.warm)
@@ -426,6 +459,7 @@ def _trial_lines(
                 accuracy_new=_float(last.get("accuracy_new")),
                 accuracy_memory=_float(last.get("accuracy_memory")),
                 status=status,
+                node=last.get("node"),
             )
 
         def record_of(self, result: Any) -> TrialRecord:

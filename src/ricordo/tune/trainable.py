@@ -3,7 +3,8 @@
 The trial reports the objective (``ricordo.tune.objective``) once per epoch with a mid-update
 checkpoint (``ricordo.engine.checkpoint``), so a scheduler that pauses it (PASHA) resumes it
 from its last epoch rather than from the start; ``training_iteration`` is then the number of
-epochs trained. Checkpoints live in the trial's folder; no state is written by a trial.
+epochs trained. Checkpoints go to the job's trial storage (``tune.storage``: a folder or any
+fsspec URL, shared by every node of a cluster); no state is written by a trial.
 """
 
 from __future__ import annotations
@@ -65,13 +66,18 @@ class TrialJob:
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     """Ray Tune function trainable (bound to ``job`` with ``tune.with_parameters``)."""
+    import ray
     from ray import tune
 
     updater, split = job.start()
+    # Which node ran the trial (Ray's own results name only an IP, shared by a machine's nodes).
+    # Outside Ray (a test calling the trainable) asking would start a Ray: then None.
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
     def report(end: Any) -> None:
         metrics = score(end.evaluate, split)
         metrics["epochs"] = end.epochs_done
+        metrics["node"] = node
         with tempfile.TemporaryDirectory(prefix="ricordo-trial-") as folder:
             end.save(folder)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
