@@ -30,9 +30,13 @@ def cluster() -> Iterator[SimpleNamespace]:
     from ray.cluster_utils import Cluster
 
     assert not ray.is_initialized()
-    nodes = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
+    # Cluster() records its address as this machine's current Ray cluster (/tmp/ray), which a
+    # plain ray.init() of another test running in parallel would then join: it is not recorded.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
+        nodes = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
     try:
         nodes.add_node(num_cpus=1)
         nodes.wait_for_nodes(timeout=120)
@@ -86,6 +90,7 @@ def test_tune_trials_run_on_both_nodes_with_shared_storage(
         "--space", str(tmp_path / "space.yaml"), "--scheduler", "random", "--trials", "2",
         "--max-epochs", "2", "--method", "er", "--memory-size", "50", "--hidden", "32",
         "--ray-address", cluster.address, "--storage", f"file://{storage}", "--no-progress",
+        "--max-time", "300",  # Ray stops the trials rather than hang the suite
     )  # fmt: skip
     assert "2 trials" in output
     record = Updater.load(str(tmp_path / "v1")).history[-1]["tune"]
