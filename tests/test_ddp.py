@@ -47,7 +47,9 @@ def _accuracy(updater: Updater, x: np.ndarray, y: np.ndarray) -> float:
 def test_two_process_er_update_equals_one_process(tmp_path: Path) -> None:
     chunk, x_test, y_test = _digits(tmp_path)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items()]
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "LOCAL_RANK")}
+    # Fabric must launch rank 1 itself: no cluster variables (SLURM, torchrun) leak in.
+    cluster = ("MASTER_", "LOCAL_", "RANK", "WORLD_SIZE", "GROUP_RANK", "SLURM_", "TORCHELASTIC")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(cluster)}
     env["OMP_NUM_THREADS"] = "1"  # two ranks on a shared 2-core machine
     command = [str(RICORDO), "update", "--data", str(chunk), "--next-state"]
     ddp = [*command, str(tmp_path / "ddp"), *flags, "--accelerator", "cpu", "--no-progress"]
