@@ -1268,9 +1268,7 @@ def history(
         row = history_row(record)
         acc = row["holdout_accuracy"]
         loss = row["final_loss"]
-        params = " ".join(
-            f"{k}={v}" for k, v in sorted(row["params"].items()) if v is not None
-        )
+        params = " ".join(f"{k}={v}" for k, v in sorted(row["params"].items()) if v is not None)
         lines.append(
             f"{row['update']!s:>3}  {row['finished']!s:<25} {row['method']!s:<10} "
             f"{row['samples']!s:>6} {row['held_out']!s:>5} {str(row['fingerprint'])[:12]:<12}  "

@@ -312,7 +312,9 @@ def _start_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     ray.init(
-        address=address,
+        # No --ray-address: a new embedded cluster ("local"); None would make Ray join whatever
+        # cluster this machine already runs (RAY_ADDRESS or the last `ray start`).
+        address=address or "local",
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,
