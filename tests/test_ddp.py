@@ -40,6 +40,15 @@ def _digits(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     return chunk, x[700:], y[700:]
 
 
+def _launch_env() -> dict[str, str]:
+    """The environment for a 2-process run: Fabric must launch rank 1 itself, so no cluster
+    variables (SLURM, torchrun) leak in; one thread per rank on a shared 2-core machine."""
+    cluster = ("MASTER_", "LOCAL_", "RANK", "WORLD_SIZE", "GROUP_RANK", "SLURM_", "TORCHELASTIC")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(cluster)}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
 def _accuracy(updater: Updater, x: np.ndarray, y: np.ndarray) -> float:
     return float((updater.predict(torch.from_numpy(x)).numpy() == y).mean())
 
@@ -47,10 +56,7 @@ def _accuracy(updater: Updater, x: np.ndarray, y: np.ndarray) -> float:
 def test_two_process_er_update_equals_one_process(tmp_path: Path) -> None:
     chunk, x_test, y_test = _digits(tmp_path)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items()]
-    # Fabric must launch rank 1 itself: no cluster variables (SLURM, torchrun) leak in.
-    cluster = ("MASTER_", "LOCAL_", "RANK", "WORLD_SIZE", "GROUP_RANK", "SLURM_", "TORCHELASTIC")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(cluster)}
-    env["OMP_NUM_THREADS"] = "1"  # two ranks on a shared 2-core machine
+    env = _launch_env()
     command = [str(RICORDO), "update", "--data", str(chunk), "--next-state"]
     ddp = [*command, str(tmp_path / "ddp"), *flags, "--accelerator", "cpu", "--no-progress"]
     ddp += ["--strategy", "ddp", "--devices", "2"]
@@ -114,3 +120,39 @@ def test_shards_cover_a_batch_once_and_one_process_keeps_it() -> None:
     assert [len(p) for p in parts] == [4, 3]
     assert shard(rows, 0, 1) is rows
     assert mean_across_ranks(torch.tensor(1.5), 1) == 1.5
+
+
+def test_two_process_er_ace_second_update_equals_one_process(tmp_path: Path) -> None:
+    """ER-ACE masks the seen classes absent from the batch from the second update on: under
+    --strategy ddp the mask is the global batch's, so 2 ranks train what one process trains.
+    Shards of 8 rows from 10 classes often miss a class the global batch has."""
+    data = load_digits()
+    x, y = (data.data / 16).astype("float32"), data.target
+    first, second = y < 5, np.arange(len(y)) >= 1000
+    options = {"method": "er-ace", "memory_size": 100, "epochs": 1, "seed": 3, "batch_size": 16}
+    start = Updater(accelerator="cpu", progress=False, num_classes=10, **options)
+    start.update(torch.from_numpy(x[first][:200]), torch.from_numpy(y[first][:200]))
+    start.save(str(tmp_path / "first"))
+    chunk = tmp_path / "second.npz"
+    np.savez(chunk, x=x[second][:300], y=y[second][:300])
+
+    env = _launch_env()
+    ddp = [str(RICORDO), "update", "--state", str(tmp_path / "first"), "--data", str(chunk)]
+    ddp += ["--next-state", str(tmp_path / "ddp"), "--accelerator", "cpu", "--no-progress"]
+    ddp += ["--strategy", "ddp", "--devices", "2"]
+    run = subprocess.run(ddp, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("update 1 (er-ace): 300 samples") == 1, run.stdout
+
+    one = Updater.load(str(tmp_path / "first"))
+    one.update(torch.from_numpy(x[second][:300]), torch.from_numpy(y[second][:300]))
+    one.save(str(tmp_path / "one"))
+    for name in ("index.json", "shard-00000.safetensors", "state.safetensors"):
+        saved = (tmp_path / "ddp" / "memory" / name).read_bytes()
+        assert saved == (tmp_path / "one" / "memory" / name).read_bytes(), name
+    weights, reference = (
+        load_file(tmp_path / "ddp/model.safetensors"),
+        load_file(tmp_path / "one/model.safetensors"),
+    )
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4)

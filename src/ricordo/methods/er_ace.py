@@ -51,6 +51,9 @@ class ERACE(ExperienceReplay):
         "size); Mammoth has no seq-MNIST entry"
     )
     summary = "ER with the incoming batch's cross-entropy restricted to its own classes."
+    # --strategy ddp: the replayed batch is sharded as in ER, and the mask keeps the classes of
+    # the global batch, not of this rank's shard (tests/test_ddp.py).
+    supports_ddp = True
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
@@ -68,8 +71,18 @@ class ERACE(ExperienceReplay):
             absent = torch.zeros(new.shape[1], dtype=torch.bool, device=new.device)
             absent[[c for c in ctx.seen_classes if c < new.shape[1]]] = True
             absent[batch.y] = False
+            if ctx.world_size > 1:  # a class present on any rank is in the global batch
+                absent = _absent_on_every_rank(absent)
             new = new.masked_fill(absent, torch.finfo(new.dtype).min)
         loss = F.cross_entropy(new, batch.y)
         if replay is not None:
             loss = loss + F.cross_entropy(logits[n:], replay.y)
         return loss
+
+
+def _absent_on_every_rank(absent: Tensor) -> Tensor:
+    """--strategy ddp: the classes absent from every rank's shard, i.e. from the global batch
+    one process would mask with (the ranks' absent masks AND-ed by an all-reduce MIN)."""
+    merged = absent.to(torch.int32)
+    torch.distributed.all_reduce(merged, op=torch.distributed.ReduceOp.MIN)
+    return merged.bool()
