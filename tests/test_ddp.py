@@ -91,9 +91,10 @@ def test_two_process_er_update_equals_one_process(tmp_path: Path) -> None:
 
 def test_unverified_methods_and_options_are_refused_under_ddp() -> None:
     config = UpdateConfig(strategy="ddp", devices=2)
-    der = object.__new__(METHODS.get("der"))  # an ER subclass: verification is not inherited
-    with pytest.raises(ConfigError, match="^--strategy ddp: method 'der' is not verified"):
-        _check_data_parallel(der, config)
+    # A DER subclass: verification is not inherited.
+    super_er = object.__new__(METHODS.get("super-er"))
+    with pytest.raises(ConfigError, match="^--strategy ddp: method 'super-er' is not verified"):
+        _check_data_parallel(super_er, config)
     er = object.__new__(METHODS.get("er"))
     _check_data_parallel(er, config)  # verified
     for option, flag in (
@@ -156,3 +157,28 @@ def test_two_process_er_ace_second_update_equals_one_process(tmp_path: Path) -> 
     )
     for key, value in reference.items():
         torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4)
+
+
+def test_two_process_der_pp_update_equals_one_process(tmp_path: Path) -> None:
+    """DER++ replays two sharded draws and stores the logits of the whole global batch (gathered
+    from the ranks): the memory takes the same rows, their logits within float noise."""
+    chunk, _, _ = _digits(tmp_path)
+    options = {**OPTIONS, "method": "der++", "epochs": 1}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    ddp = [str(RICORDO), "update", "--data", str(chunk), "--next-state", str(tmp_path / "ddp")]
+    ddp += [*flags, "--accelerator", "cpu", "--no-progress", "--strategy", "ddp", "--devices", "2"]
+    run = subprocess.run(ddp, env=_launch_env(), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+    one = Updater(accelerator="cpu", progress=False, **options)
+    one.update(torch.from_numpy(np.load(chunk)["x"]), torch.from_numpy(np.load(chunk)["y"]))
+    one.save(str(tmp_path / "one"))
+    for name in ("index.json", "state.safetensors"):
+        saved = (tmp_path / "ddp" / "memory" / name).read_bytes()
+        assert saved == (tmp_path / "one" / "memory" / name).read_bytes(), name
+    for folder, tolerance in (("memory/shard-00000", 1e-5), ("model", 1e-5)):
+        saved = load_file(tmp_path / "ddp" / f"{folder}.safetensors")
+        reference = load_file(tmp_path / "one" / f"{folder}.safetensors")
+        assert saved.keys() == reference.keys()
+        for key, value in reference.items():  # rows, labels, widths: equal; logits: close
+            torch.testing.assert_close(saved[key], value, atol=tolerance, rtol=1e-4)

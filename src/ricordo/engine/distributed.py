@@ -56,3 +56,21 @@ def mean_across_ranks(value: torch.Tensor, world: int) -> float:
     total = value.detach().to(torch.float64).reshape(1).clone()
     torch.distributed.all_reduce(total)
     return float(total) / world
+
+
+def unshard(part: T, rows: int, world: int) -> T:
+    """The global batch of ``rows`` rows from every rank's ``shard`` of it (the inverse of
+    ``shard``, by an all-gather): what one process computed for the whole batch, e.g. the
+    logits DER stores with each new row. Itself in one process."""
+    if world == 1:
+        return part
+    # all_gather needs equal sizes: pad every shard to the largest, then drop the padding.
+    largest = -(-rows // world)
+    padded = part.new_zeros((largest, *part.shape[1:]))
+    padded[: len(part)] = part
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(gathered, padded.contiguous())
+    whole = part.new_empty((rows, *part.shape[1:]))
+    for rank_, piece in enumerate(gathered):
+        whole[rank_::world] = piece[: len(range(rank_, rows, world))]
+    return whole  # type: ignore[return-value]

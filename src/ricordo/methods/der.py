@@ -65,6 +65,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ricordo.config import UpdateConfig
+from ricordo.engine.distributed import unshard
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, UpdateContext, register
 from ricordo.methods.er import ExperienceReplay
@@ -138,6 +139,8 @@ class DarkExperienceReplay(ExperienceReplay):
     Params = DERParams
     summary = "Replay memory rows and match the logits stored when they were inserted (MSE)."
     defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500"
+    # --strategy ddp: replayed rows are sharded, inserted logits gathered (tests/test_ddp.py).
+    supports_ddp = True
     _inserted: Tensor | None = None  # logits of the last new batch, stored by after_step
 
     @classmethod
@@ -178,7 +181,9 @@ class DarkExperienceReplay(ExperienceReplay):
         rows = self.memory.sample(self.params.memory_batch_size or ctx.config.batch_size)
         rows = {k: v.to(ctx.device) for k, v in rows.items()}
         rows["x"] = ctx.augment(rows["x"])
-        return rows
+        # Drawn and augmented whole on every rank (identical memories and generators), then
+        # this rank's share of every field: under --strategy ddp the ranks replay one draw.
+        return {k: ctx.shard(v) for k, v in rows.items()}
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         alpha, beta = self.params.alpha, getattr(self.params, "beta", 0.0)
@@ -209,6 +214,9 @@ class DarkExperienceReplay(ExperienceReplay):
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
         assert self.memory is not None and self._inserted is not None
         logits, self._inserted = self._inserted, None
+        # --strategy ddp: the loss saw this rank's shard; the memory takes the global batch,
+        # so it stores every rank's logits in the global order (the same on every rank).
+        logits = unshard(logits, len(batch.y), ctx.world_size)
         n, k = logits.shape
         width = k
         if self.memory.fields:
@@ -235,3 +243,4 @@ class DarkExperienceReplayPP(DarkExperienceReplay):
     Params = DERPPParams
     summary = "DER plus cross-entropy on a second replayed batch (Buzzega et al. 2020)."
     defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500"
+    supports_ddp = True  # DER's hooks, one more sharded draw (tests/test_ddp.py)
