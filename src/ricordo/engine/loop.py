@@ -387,7 +387,8 @@ def _check_data_parallel(method: Method, config: UpdateConfig) -> None:
     if not type(method).__dict__.get("supports_ddp", False):
         raise ConfigError(
             f"--strategy {config.strategy}: method {method.name!r} is not verified under "
-            "data-parallel training; use finetune, er, er-ace, der or der++, or drop --strategy"
+            "data-parallel training; use finetune, er, er-ace, der, der++ or a-gem, or drop "
+            "--strategy"
         )
     for given, flag in (
         (config.selective_backprop is not None, "--selective-backprop"),

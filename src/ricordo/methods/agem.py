@@ -69,6 +69,9 @@ class AGEM(Method):
     memory_note = "past chunks: each chunk's rows enter after its update"
     defaults_from = "Mammoth's best arguments, seq-MNIST, buffer 500 (minibatch_size 128)"
     supports_lazy_data = True
+    # --strategy ddp: p.grad is already the global batch's (DDP averaged it); every rank draws
+    # the whole reference batch and projects alike (tests/test_ddp.py).
+    supports_ddp = True
 
     @classmethod
     def memory_spec(cls, config: UpdateConfig) -> tuple[int | None, str]:
