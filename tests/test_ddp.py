@@ -14,12 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from sklearn.datasets import load_digits
 
 from ricordo.config import UpdateConfig
 from ricordo.engine.backend import make_backend
-from ricordo.engine.distributed import mean_across_ranks, shard
+from ricordo.engine.distributed import (
+    average_gradients,
+    global_rows,
+    mean_across_ranks,
+    shard,
+    unshard,
+)
 from ricordo.engine.loop import _check_data_parallel
 from ricordo.errors import ConfigError
 from ricordo.methods.base import METHODS
@@ -91,10 +97,17 @@ def test_two_process_er_update_equals_one_process(tmp_path: Path) -> None:
 
 def test_unverified_methods_and_options_are_refused_under_ddp() -> None:
     config = UpdateConfig(strategy="ddp", devices=2)
-    # A DER subclass: verification is not inherited.
-    super_er = object.__new__(METHODS.get("super-er"))
-    with pytest.raises(ConfigError, match="^--strategy ddp: method 'super-er' is not verified"):
-        _check_data_parallel(super_er, config)
+
+    class Plugin(METHODS.get("er")):  # type: ignore[misc]
+        """A plugin's subclass of ER: verification is not inherited."""
+
+        name = "my-er"
+
+    with pytest.raises(ConfigError, match="^--strategy ddp: method 'my-er' is not verified"):
+        _check_data_parallel(object.__new__(Plugin), config)
+    # Every built-in method is verified (tests/test_ddp_methods.py).
+    for name in METHODS.names():
+        _check_data_parallel(object.__new__(METHODS.get(name)), config)
     er = object.__new__(METHODS.get("er"))
     _check_data_parallel(er, config)  # verified
     for option, flag in (
@@ -185,3 +198,45 @@ def test_two_process_der_pp_update_equals_one_process(tmp_path: Path) -> None:
         assert saved.keys() == reference.keys()
         for key, value in reference.items():  # rows, labels, widths: equal; logits: close
             torch.testing.assert_close(saved[key], value, atol=tolerance, rtol=1e-4)
+
+
+def _collectives(rank: int, world: int, store: str, out: str) -> None:
+    """One rank of test_unshard_and_gradient_averaging_across_two_processes."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world
+    )
+    try:
+        results = {}
+        for rows in (7, 8, 1):  # uneven, even, and a batch one rank has no row of
+            batch = torch.arange(rows * 3, dtype=torch.float32).reshape(rows, 3)
+            part = shard(batch, rank, world)
+            results[f"unshard{rows}"] = unshard(part, global_rows(len(part), world), world)
+        # Rank 0's gradient reaches a, rank 1's reaches a and b, no rank's reaches c.
+        a, b, c = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+        a.grad = torch.full((2,), 1.0 + rank)
+        if rank == 1:
+            b.grad = torch.full((2,), 4.0)
+        average_gradients([a, b, c], world)
+        results["a"], results["b"] = a.grad, b.grad
+        results["c_is_none"] = torch.tensor(c.grad is None)
+        save_file({k: v.contiguous() for k, v in results.items()}, f"{out}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_unshard_and_gradient_averaging_across_two_processes(tmp_path: Path) -> None:
+    """unshard inverts shard for uneven shares (7 rows: 4 + 3; 1 row: 1 + 0), and
+    average_gradients gives the ranks' mean, zeros standing in for a rank's missing gradient,
+    and leaves a gradient no rank has as None."""
+    out = tmp_path / "result"
+    torch.multiprocessing.spawn(
+        _collectives, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True
+    )
+    for rank in range(2):
+        results = load_file(f"{out}.{rank}")
+        for rows in (7, 8, 1):
+            expected = torch.arange(rows * 3, dtype=torch.float32).reshape(rows, 3)
+            assert torch.equal(results[f"unshard{rows}"], expected)
+        assert torch.equal(results["a"], torch.full((2,), 1.5))
+        assert torch.equal(results["b"], torch.full((2,), 2.0))
+        assert bool(results["c_is_none"])

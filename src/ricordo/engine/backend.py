@@ -27,7 +27,9 @@ FULL_PRECISION = ("32-true", "32")
 class Backend(Protocol):
     device: torch.device
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]: ...
+    def setup(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, wrap_model: bool = True
+    ) -> tuple[Any, Any]: ...
 
     def backward(self, loss: Tensor) -> None: ...
 
@@ -44,7 +46,9 @@ class TorchBackend:
     def __init__(self, accelerator: str) -> None:
         self.device = _resolve_device(accelerator)
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+    def setup(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, wrap_model: bool = True
+    ) -> tuple[Any, Any]:
         return model, optimizer
 
     def backward(self, loss: Tensor) -> None:
@@ -96,7 +100,15 @@ class FabricBackend:
         self.rank = self.fabric.global_rank
         self.world_size = self.fabric.world_size
 
-    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+    def setup(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, wrap_model: bool = True
+    ) -> tuple[Any, Any]:
+        """The model and optimizer prepared by Fabric. ``wrap_model=False`` (data-parallel
+        methods that call parts of the model themselves, ``Method.ddp_wraps_model``): the model
+        stays as it is, on the device, and only the optimizer is set up; the caller averages
+        the gradients (engine.distributed.average_gradients)."""
+        if not wrap_model:
+            return model.to(self.device), self.fabric.setup_optimizers(optimizer)
         return self.fabric.setup(model, optimizer)
 
     def backward(self, loss: Tensor) -> None:

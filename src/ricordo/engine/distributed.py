@@ -12,9 +12,11 @@ writes states.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 # The Fabric strategies that run one update on several processes.
 DATA_PARALLEL = ("ddp",)
@@ -74,3 +76,49 @@ def unshard(part: T, rows: int, world: int) -> T:
     for rank_, piece in enumerate(gathered):
         whole[rank_::world] = piece[: len(range(rank_, rows, world))]
     return whole  # type: ignore[return-value]
+
+
+def global_rows(rows: int, world: int) -> int:
+    """The rows of the global batch whose shard on this rank has ``rows`` rows."""
+    if world == 1:
+        return rows
+    total = torch.tensor([rows], dtype=torch.int64, device=_collective_device())
+    torch.distributed.all_reduce(total)
+    return int(total)
+
+
+def average_gradients(parameters: Iterable[nn.Parameter], world: int) -> None:
+    """Average the gradients of ``parameters`` across the ranks, as DistributedDataParallel
+    does for a wrapped model (for methods that train parameters outside it: the PEFT methods'
+    heads, prompts and keys). One all-reduce of one flat buffer; a parameter no rank gave a
+    gradient keeps ``grad = None`` (so optimizers skip it, as in one process), one that only
+    some ranks reached gets the ranks' mean with zeros for the others (what the global batch's
+    gradient is). Nothing in one process."""
+    if world == 1:
+        return
+    params = list(parameters)
+    if not params:
+        return
+    device = params[0].device
+    pieces = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float32)
+        for p in params
+    ]
+    reached = torch.tensor([float(p.grad is not None) for p in params], device=device)
+    flat = torch.cat([*[piece.to(device) for piece in pieces], reached])
+    torch.distributed.all_reduce(flat)
+    start = 0
+    for p, any_rank in zip(params, flat[-len(params) :].tolist(), strict=True):
+        size = p.numel()
+        if any_rank > 0:
+            p.grad = (flat[start : start + size] / world).view_as(p).to(p.dtype)
+        else:
+            p.grad = None
+        start += size
+
+
+def _collective_device() -> torch.device:
+    """Where tensors of a collective live: the GPU for NCCL, the CPU for gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

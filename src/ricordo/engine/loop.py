@@ -25,7 +25,7 @@ from ricordo.engine.checkpoint import (
     restore_checkpoint,
     write_checkpoint,
 )
-from ricordo.engine.distributed import mean_across_ranks
+from ricordo.engine.distributed import average_gradients, mean_across_ranks
 from ricordo.engine.evaluate import evaluate_logits
 from ricordo.engine.loggers import open_loggers
 from ricordo.engine.progress import Progress
@@ -189,7 +189,11 @@ def _train_update(
     method.prepare_model(model, ctx)
     extra = method.extra_parameters(ctx)
     optimizer = make_optimizer(model, config, extra)
-    wrapped, optimizer = backend.setup(model, optimizer)
+    # --strategy ddp: DDP wraps the model, unless the method reaches its trained parameters
+    # without the model's forward (PEFT); then the loop averages their gradients itself.
+    wrap = ctx.world_size == 1 or type(method).ddp_wraps_model
+    wrapped, optimizer = backend.setup(model, optimizer, wrap_model=wrap)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     ctx.model = wrapped
     report = TrainReport(backend=backend.name)
     selective = (
@@ -197,9 +201,7 @@ def _train_update(
         if config.selective_backprop is None
         else SelectiveBackprop(config.selective_backprop, config.keep_fraction)
     )
-    report.trainable_parameters = sum(
-        p.numel() for group in optimizer.param_groups for p in group["params"]
-    )
+    report.trainable_parameters = sum(p.numel() for p in trained)
 
     train_data, val_data = split_validation(data, config.val_fraction, ctx.generator)
     method.begin_update(train_data, ctx)
@@ -291,6 +293,8 @@ def _train_update(
                 guard.check(value, epoch, report.steps)
                 optimizer.zero_grad(set_to_none=True)
                 backend.backward(loss)
+                if not wrap:
+                    average_gradients(trained, ctx.world_size)
                 # before_step: the rows whose gradients are in p.grad; after_step (memories):
                 # the whole batch, so a memory samples the stream as without the option.
                 method.before_step(step_rows, ctx)
@@ -387,8 +391,8 @@ def _check_data_parallel(method: Method, config: UpdateConfig) -> None:
     if not type(method).__dict__.get("supports_ddp", False):
         raise ConfigError(
             f"--strategy {config.strategy}: method {method.name!r} is not verified under "
-            "data-parallel training; use finetune, er, er-ace, der, der++ or a-gem, or drop "
-            "--strategy"
+            "data-parallel training (every built-in method is; a plugin method declares "
+            "supports_ddp = True once checked, see docs/scaling.md); drop --strategy"
         )
     for given, flag in (
         (config.selective_backprop is not None, "--selective-backprop"),

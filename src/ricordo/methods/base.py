@@ -135,6 +135,13 @@ class Method:
     # rank's shard, its memory inserts whole global batches). Read from the class itself, not
     # inherited: a subclass that changes the loss or the memory must be verified on its own.
     supports_ddp: ClassVar[bool] = False
+    # How --strategy ddp averages this method's gradients. True: the model is wrapped in
+    # DistributedDataParallel (its forward is how the loss reaches every trained parameter).
+    # False: the method calls parts of the model and its own parameters directly (the PEFT
+    # methods: the encoder, their heads, prompts and keys), so the model stays unwrapped and the
+    # loop averages every trained parameter's gradient across ranks after backward
+    # (engine.distributed.average_gradients).
+    ddp_wraps_model: ClassVar[bool] = True
     # Whether the method trains parts of a pretrained transformer (``--backbone``) and cannot
     # run without one (PEFT methods); ``check_config`` then refuses a config without it.
     needs_backbone: ClassVar[bool] = False

@@ -184,6 +184,7 @@ def apply_bias(logits: Tensor, alpha: Tensor, beta: Tensor, classes: list[int]) 
 @register
 class BiC(Method):
     name = "bic"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = BiCParams
     summary = "ER with distillation, then a fitted (alpha, beta) correction of new-class logits."
     defaults_from = (
@@ -264,8 +265,10 @@ class BiC(Method):
             if blocked is not None:
                 index = index[~torch.isin(index, blocked)]
             rows = self.memory.get(index[:size])
-            x = torch.cat([x, ctx.augment(rows["x"].to(ctx.device))])
-            y = torch.cat([y, rows["y"].to(ctx.device)])
+            # Drawn and augmented whole on every rank, then this rank's share (--strategy
+            # ddp: the ranks' mean loss weighs new and replayed rows as one process does).
+            x = torch.cat([x, ctx.shard(ctx.augment(rows["x"].to(ctx.device)))])
+            y = torch.cat([y, ctx.shard(rows["y"].to(ctx.device))])
         logits = self.correct(ctx.model(x))
         ce = F.cross_entropy(ctx.mask_unseen(logits), y)  # KD below sees every old class
         if self.old_model is None:

@@ -115,6 +115,7 @@ class CLSERParams:
 @register
 class CLSExperienceReplay(ExperienceReplay):
     name = "cls-er"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = CLSERParams
     summary = "ER plus consistency to plastic and stable EMA models; predicts with the stable one."
     defaults_from = "the authors' best arguments for S-MNIST, buffer 500 (NeurAI-Lab/CLS-ER)"

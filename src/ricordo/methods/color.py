@@ -26,6 +26,7 @@ from ricordo.methods.lora_experts import LoraExpertParams, LoraExperts
 @register
 class CoLoR(LoraExperts):
     name = "color"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = LoraExpertParams
     summary = "A LoRA expert and head per task on a frozen transformer; prototypes route rows."
     defaults_from = (

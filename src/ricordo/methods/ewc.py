@@ -101,6 +101,7 @@ class OnlineEWCParams(EWCParams):
 @register
 class EWC(Method):
     name = "ewc"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = EWCParams
     summary = "Quadratic penalty to past parameters weighted by the summed (true) Fisher."
     defaults_from = (
@@ -184,6 +185,7 @@ class EWC(Method):
 @register
 class OnlineEWC(EWC):
     name = "online-ewc"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = OnlineEWCParams
     summary = "EWC with one γ-decayed running Fisher anchored at the latest parameters."
     defaults_from = "Mammoth's best arguments for ewc_on, seq-MNIST (no buffer), with its Fisher"

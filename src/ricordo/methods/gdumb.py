@@ -54,6 +54,7 @@ class GDumbParams(MemoryFitParams):
 @register
 class GDumb(FitsMemory, Method):
     name = "gdumb"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = GDumbParams
     summary = "Greedy class-balanced memory; train (from scratch) on the memory only."
     defaults_from = (

@@ -57,6 +57,7 @@ class ICaRLParams:
 @register
 class ICaRL(Method):
     name = "icarl"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = ICaRLParams
     summary = "Herded exemplars per class, sigmoid distillation, nearest-mean-of-exemplars."
     memory_note = "herded exemplars"

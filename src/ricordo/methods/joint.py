@@ -16,6 +16,7 @@ from ricordo.methods.base import Method, UpdateContext, register
 @register
 class Joint(Method):
     name = "joint"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     summary = "Train on all data seen so far, continuing from the current weights (upper bound)."
 
     @classmethod

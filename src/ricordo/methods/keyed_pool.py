@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ricordo.engine.distributed import global_rows, unshard
 from ricordo.errors import ConfigError, StateCorruptError
 from ricordo.methods.base import Batch, Method, UpdateContext
 from ricordo.methods.routed import find_encoder
@@ -110,6 +111,9 @@ class KeyedPool(Method):
     """
 
     needs_backbone = True
+    # --strategy ddp: the loss calls the encoder, the head and the pool directly; the loop
+    # averages their gradients, and the vote and the selection history see the global batch.
+    ddp_wraps_model = False
     # No hook reads the chunk as a whole (no memory, no prototypes): a lazy chunk streams.
     supports_lazy_data = True
 
@@ -181,15 +185,23 @@ class KeyedPool(Method):
     def extra_parameters(self, ctx: UpdateContext) -> list[nn.Parameter]:
         return list(self._training)
 
-    def _select(self, encoder: TransformerEncoder, x: Tensor, vote: bool) -> tuple[Tensor, Tensor]:
-        """(query (B, D), selected entries (B, N)) of ``x``."""
+    def _select(
+        self, encoder: TransformerEncoder, x: Tensor, vote: bool, world: int = 1
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(query (B, D), selected entries (B, N), the global batch's selections) of ``x``.
+        Under --strategy ddp (``world`` ranks, ``x`` this rank's shard) the vote counts the
+        global batch's top-N lists, gathered from every rank, so every rank uses the entries
+        one process would; the third item is what the selection history records (every rank
+        records the global batch, so their histories stay equal)."""
         assert self.keys is not None
         with torch.no_grad():
             query = self.query_features(encoder, x)
         ids = self.keys.select(query, self.params.top_n)
+        whole = ids if world == 1 else unshard(ids, global_rows(len(ids), world), world)
         if vote:
-            ids = batch_vote(ids, self.params.pool_size)
-        return query, ids
+            chosen = batch_vote(whole, self.params.pool_size)[:1]
+            ids, whole = chosen.expand(len(ids), -1), chosen.expand(len(whole), -1)
+        return query, ids, whole
 
     def _logits(self, model: nn.Module, features: Tensor) -> Tensor:
         head = output_layer(unwrap(model))[1]
@@ -198,7 +210,9 @@ class KeyedPool(Method):
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         assert self.keys is not None, "prepare_model runs before the first step"
         encoder = find_encoder(ctx.model, self.name)
-        query, ids = self._select(encoder, batch.x, self.params.batchwise != "never")
+        query, ids, whole = self._select(
+            encoder, batch.x, self.params.batchwise != "never", ctx.world_size
+        )
         logits = ctx.mask_unseen(
             self._logits(ctx.model, self.pooled_features(encoder, batch.x, ids))
         )
@@ -206,7 +220,7 @@ class KeyedPool(Method):
             keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
             keep[[c for c in ctx.chunk_classes if c < logits.shape[1]]] = True
             logits = logits.masked_fill(~keep, float("-inf"))
-        self.history.record(ids)
+        self.history.record(whole)
         loss = F.cross_entropy(logits, batch.y)
         if self.params.key_loss_weight > 0:
             loss = loss + self.params.key_loss_weight * self.keys.key_loss(query, ids)
@@ -223,7 +237,7 @@ class KeyedPool(Method):
             return model(x), None
         encoder = find_encoder(model, self.name)
         self.keys.to(x.device)
-        _query, ids = self._select(encoder, x, self.params.batchwise == "always")
+        _query, ids, _ = self._select(encoder, x, self.params.batchwise == "always")
         logits = self._logits(model, self.pooled_features(encoder, x, ids))
         return logits, self.history.identify(ids)
 

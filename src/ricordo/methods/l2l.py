@@ -60,6 +60,7 @@ class L2LParams(LoraParamFields, PoolParams):
 @register
 class L2L(KeyedPool):
     name = "l2l"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = L2LParams
     summary = "L2P with a pool of LoRA adapters in place of prompts; selected adapters summed."
     defaults_from = (

@@ -77,6 +77,7 @@ class L2PParams(PoolParams):
 @register
 class L2P(KeyedPool):
     name = "l2p"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = L2PParams
     summary = "A pool of prompts with learned keys on a frozen transformer; one shared head."
     defaults_from = (

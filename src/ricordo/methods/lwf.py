@@ -55,6 +55,7 @@ class LwFParams:
 @register
 class LwF(Method):
     name = "lwf"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = LwFParams
     summary = "Distil the previous model's old-class outputs on the new data (no memory)."
     defaults_from = "Mammoth's best arguments, seq-MNIST (no buffer)"

@@ -58,6 +58,7 @@ class OfflineERParams:
 @register
 class OfflineER(Method):
     name = "offline-er"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = OfflineERParams
     summary = "Replay a memory of previous chunks; the memory is refreshed only at update end."
     defaults_from = "Renate's defaults (renate.defaults: batch_memory_frac 0.5)"

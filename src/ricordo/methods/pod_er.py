@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ricordo.engine.distributed import unshard
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, UpdateContext, register
 from ricordo.methods.components import POOLINGS, CachedPOD, check_weight
@@ -83,6 +84,7 @@ class PODERParams:
 @register
 class PODExperienceReplay(ExperienceReplay):
     name = "pod-er"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = PODERParams
     summary = "Distil replayed rows' pooled features to those cached when stored (PODNet, Renate)."
     memory_note = "rows with their features"
@@ -105,7 +107,11 @@ class PODExperienceReplay(ExperienceReplay):
         if len(memory) > 0 and p.pod_weight > 0:
             picked = memory.sample(p.memory_batch_size or ctx.config.batch_size)
             rows = {k: v.to(ctx.device) for k, v in picked.items()}
-        x = batch.x if rows is None else torch.cat([batch.x, ctx.augment(rows["x"])])
+            rows["x"] = ctx.augment(rows["x"])
+            # Drawn and augmented whole on every rank, then this rank's share of every field
+            # (--strategy ddp, as in ER).
+            rows = {k: ctx.shard(v) for k, v in rows.items()}
+        x = batch.x if rows is None else torch.cat([batch.x, rows["x"]])
         logits, features = self.pod.forward(ctx.model, x)
         self._inserted = [f[:n].detach() for f in features]
         loss = F.cross_entropy(ctx.mask_unseen(logits[:n]), batch.y)
@@ -117,6 +123,8 @@ class PODExperienceReplay(ExperienceReplay):
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
         assert self.memory is not None and self._inserted is not None
         features, self._inserted = self._inserted, None
+        # --strategy ddp: the memory takes the global batch with every rank's features.
+        features = [unshard(f, len(batch.y), ctx.world_size) for f in features]
         self.memory.add({"x": batch.x, "y": batch.y, **self.pod.row_fields(features)})
 
     def memory_candidates(self, data: ArrayDataset, ctx: UpdateContext) -> dict[str, Tensor]:

@@ -82,6 +82,7 @@ class RDParams(MemoryFitParams):
 @register
 class RepeatedDistillation(FitsMemory, Method):
     name = "rd"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = RDParams
     defaults_from = "Renate's RepeatedDistillationModelUpdater (--epochs at --lr)"
     summary = "Train an expert on the chunk, then distil it and the old model into a fresh model."

@@ -121,6 +121,9 @@ class RoutedExperts(Method):
         return len(self.heads)
 
     needs_backbone = True
+    # --strategy ddp: the loss calls the encoder and the task's head directly (the model is not
+    # wrapped; the loop averages the expert's and the head's gradients across ranks).
+    ddp_wraps_model = False
 
     @classmethod
     def check_config(cls, config: UpdateConfig) -> None:

@@ -21,6 +21,7 @@ from ricordo.methods.lora_experts import LoraExpertParams, LoraExperts
 @register
 class SLoRA(LoraExperts):
     name = "s-lora"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = LoraExpertParams
     summary = "S-Prompts with a LoRA adapter per task in place of prompts (= color's recipe)."
     defaults_from = (

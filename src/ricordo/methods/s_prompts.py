@@ -70,6 +70,7 @@ class SPromptsParams(RoutedParams):
 @register
 class SPrompts(RoutedExperts):
     name = "s-prompts"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = SPromptsParams
     summary = "A prompt set and head per task on a frozen transformer; prototypes route rows."
     defaults_from = (

@@ -56,6 +56,7 @@ class SIParams:
 @register
 class SynapticIntelligence(Method):
     name = "si"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = SIParams
     summary = (
         "Quadratic penalty weighted by each parameter's path-integral contribution to the loss."

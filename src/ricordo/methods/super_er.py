@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ricordo.engine.distributed import unshard
 from ricordo.errors import ConfigError
 from ricordo.methods.base import Batch, UpdateContext, register
 from ricordo.methods.cls_er import CLSERParams
@@ -124,6 +125,7 @@ class SuperERParams(PODERParams, CLSERParams):
 @register
 class SuperExperienceReplay(DarkExperienceReplay):
     name = "super-er"
+    supports_ddp = True  # tests/test_ddp_methods.py: 2 ranks write one process's state
     Params = SuperERParams
     summary = "ER plus DER logit MSE, CLS-ER consistency, POD and shrink-and-perturb (Renate)."
     memory_note = "rows with their logits and features"
@@ -148,7 +150,11 @@ class SuperExperienceReplay(DarkExperienceReplay):
         assert self.memory is not None
         index = self.memory.sample_indices(self.params.memory_batch_size or ctx.config.batch_size)
         rows = {k: v.to(ctx.device) for k, v in self.memory.get(index).items()}
-        rows["x"], rows["index"] = ctx.augment(rows["x"]), index
+        rows["x"] = ctx.augment(rows["x"])
+        # Drawn and augmented whole on every rank, then this rank's share of every field
+        # (--strategy ddp, as in ER); the slots stay whole: every rank refreshes all of them.
+        rows = {k: ctx.shard(v) for k, v in rows.items()}
+        rows["index"] = index
         return rows
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
@@ -189,8 +195,10 @@ class SuperExperienceReplay(DarkExperienceReplay):
             pod = self.pod.loss([f[rs] for f in features], rows, p.pod_normalize)
             loss = loss + p.pod_weight * pod
         if p.logit_ema < 1:
+            world = ctx.world_size
             for key, rows in drawn.items():
-                self._refresh_logits(rows["index"], raw[spans[key]].detach().float())
+                current = unshard(raw[spans[key]].detach().float(), len(rows["index"]), world)
+                self._refresh_logits(rows["index"], current)
         return loss / p.normalizer()
 
     def _refresh_logits(self, index: Tensor, current: Tensor) -> None:
@@ -211,6 +219,8 @@ class SuperExperienceReplay(DarkExperienceReplay):
         return self.pod.row_fields(features)
 
     def after_step(self, batch: Batch, ctx: UpdateContext) -> None:
+        if self._features is not None:  # --strategy ddp: every rank's features, global order
+            self._features = [unshard(f, len(batch.y), ctx.world_size) for f in self._features]
         super().after_step(batch, ctx)  # DER: store the new rows with their logits and features
         if self.params.consistency_weight > 0:
             self.ema.step(ctx.model, ctx.generator, *self.params.ema_schedule(ctx.total_steps))

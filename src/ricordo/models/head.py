@@ -83,5 +83,12 @@ def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside a Lightning Fabric wrapper (which forwards to ``.module``)."""
-    return getattr(model, "_forward_module", None) or getattr(model, "module", None) or model
+    """The user's module inside a Lightning Fabric wrapper, a ``DistributedDataParallel``
+    (``--strategy ddp``: Fabric's wrapper holds DDP, which holds the module) or both."""
+    original = getattr(model, "_original_module", None)  # Fabric's _FabricModule
+    if isinstance(original, nn.Module):
+        return original
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return unwrap(model.module)
+    # Only these wrappers: a user's own module may well have a submodule called ``module``.
+    return model

@@ -1,0 +1,89 @@
+"""--strategy ddp for every built-in method: two CPU ranks (gloo, started by ``torchrun``) write
+the state one process writes on the same seed and data.
+
+One ``torchrun --nproc-per-node 2`` launch runs two updates (digits 0-4, then 5-9) of each
+method below (tests/fixtures/ddp_methods.py), and the same script runs them in one process
+alongside. finetune, er, er-ace, der, der++ and a-gem are compared through the CLI in
+tests/test_ddp.py. Batches and replayed batches have even sizes, so each rank's shard is half
+of the global batch and the averaged gradient is the global batch's: the memories must hold the
+same rows (files byte for byte where they hold no float computed by the model) and every saved
+tensor must agree within float noise (sums in another order).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tests.test_ddp import _launch_env
+
+from ricordo.updater import Updater
+
+WORKER = Path(__file__).parent / "fixtures" / "ddp_methods.py"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+# Methods with a penalty, a teacher, EMA models, cached features, a bias stage, a memory-sized
+# fit or a herded memory; and the PEFT methods on a tiny ViT (their gradients are averaged by
+# the loop, L2P's batch vote counts the global batch).
+METHODS = [
+    "ewc",
+    "online-ewc",
+    "si",
+    "lwf",
+    "cls-er",
+    "pod-er",
+    "super-er",
+    "icarl",
+    "bic",
+    "gdumb",
+    "joint",
+    "offline-er",
+    "rd",
+    "er@herding",
+]
+PEFT = ["s-prompts", "color", "s-lora", "l2p", "l2l"]
+TOLERANCE = 1e-5  # measured: at most 8e-7 on any saved tensor
+
+
+@pytest.fixture(scope="module")
+def states(tmp_path_factory: pytest.TempPathFactory, tiny_vit_path: str) -> Iterator[Path]:
+    """OUT/one/METHOD and OUT/ddp/METHOD: each method's state after two updates, in one
+    process and with two ranks (both launched at once)."""
+    out = tmp_path_factory.mktemp("ddp-methods")
+    runs = [*METHODS, *PEFT]
+    env = _launch_env()
+    one = [sys.executable, str(WORKER), str(out / "one"), "--backbone", tiny_vit_path, *runs]
+    ddp = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(WORKER)]
+    ddp += [str(out / "ddp"), "--ddp", "--backbone", tiny_vit_path, *runs]
+    processes = [
+        subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in (one, ddp)
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+    yield out
+
+
+@pytest.mark.parametrize("run", METHODS + PEFT)
+def test_two_ranks_write_the_state_of_one_process(states: Path, run: str) -> None:
+    one, ddp = states / "one" / run, states / "ddp" / run
+    Updater.load(str(ddp))  # a valid state: every checksum verified
+    files = sorted(p.relative_to(one) for p in one.rglob("*.safetensors"))
+    assert files == sorted(p.relative_to(ddp) for p in ddp.rglob("*.safetensors"))
+    assert files, "no tensors saved"
+    for name in files:
+        saved, reference = load_file(ddp / name), load_file(one / name)
+        assert saved.keys() == reference.keys(), name
+        for key, value in reference.items():
+            torch.testing.assert_close(
+                saved[key], value, atol=TOLERANCE, rtol=1e-4, msg=lambda m, k=key: f"{k}: {m}"
+            )
+    # The memory took the same rows in the same slots (its index: sizes, policy counters).
+    for name in ("memory/index.json", "memory/state.safetensors"):
+        if (one / name).exists():
+            assert (ddp / name).read_bytes() == (one / name).read_bytes(), name
