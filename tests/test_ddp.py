@@ -125,6 +125,9 @@ def test_several_devices_or_nodes_need_ddp() -> None:
         UpdateConfig(num_nodes=0)
     with pytest.raises(ConfigError, match="^--strategy ddp runs through Lightning Fabric"):
         make_backend(UpdateConfig(strategy="ddp", backend="torch"))
+    for sharded in ("fsdp", "deepspeed_stage_3"):
+        with pytest.raises(ConfigError, match=f"^--strategy {sharded} shards the model across"):
+            make_backend(UpdateConfig(strategy=sharded, devices=2, accelerator="cpu"))
 
 
 def test_shards_cover_a_batch_once_and_one_process_keeps_it() -> None:

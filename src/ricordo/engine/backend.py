@@ -124,8 +124,20 @@ class FabricBackend:
 _LAUNCHED: dict[tuple[object, ...], Any] = {}
 
 
+# Fabric strategies that shard the model's parameters across devices (prefixes of its names).
+SHARDED = ("fsdp", "deepspeed", "model_parallel")
+
+
 def make_backend(config: UpdateConfig) -> TorchBackend | FabricBackend:
     """Pick the backend the config asks for (``auto``: plain loop when Fabric adds nothing)."""
+    if config.strategy.startswith(SHARDED):
+        # The methods read and copy whole parameters (penalties, teachers, EMA models, saved
+        # states); under sharding each rank holds a slice. Lightning's FSDP also needs GPUs.
+        raise ConfigError(
+            f"--strategy {config.strategy} shards the model across devices, which Ricordo does "
+            "not support (its methods and states need whole parameters); use --strategy ddp, "
+            "or a PEFT method on a frozen --backbone with --precision bf16-mixed (docs/scaling.md)"
+        )
     if config.strategy in DATA_PARALLEL:
         if config.backend == "torch":
             raise ConfigError(
