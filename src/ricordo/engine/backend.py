@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -89,12 +90,20 @@ class FabricBackend:
                 strategy=config.strategy,
             )
             if config.strategy in DATA_PARALLEL and launched is None:
+                _check_started_processes(self.fabric, config)
                 # Once per process: rank 0 starts ranks 1..N-1 (they re-run this command) unless
                 # torchrun or SLURM started them; then every rank joins the process group.
                 self.fabric.launch()
                 _LAUNCHED[key + (config.strategy,)] = self.fabric
+        except ConfigError:
+            raise  # ours (_check_started_processes), already one line with its fix
         except (ValueError, RuntimeError, TypeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            # Fabric names its Python arguments; the user typed the CLI's flags.
+            first = re.sub(r"`devices=(\d+)`", r"`--devices \1`", first)
+            first = re.sub(r"`num_nodes=(\d+)`", r"`--num-nodes \1`", first)
+            if _slurm_launched():
+                first = f"{first.rstrip('.')}; {SLURM_FIX}"
             raise ConfigError(f"Lightning Fabric rejected the device options: {first}") from None
         self.device = self.fabric.device
         self.rank = self.fabric.global_rank
@@ -122,6 +131,37 @@ class FabricBackend:
 
 # The data-parallel Fabric of this process, launched once (its ranks and process group persist).
 _LAUNCHED: dict[tuple[object, ...], Any] = {}
+
+SLURM_FIX = (
+    "under SLURM run one task per device: --devices = the job's --ntasks-per-node and "
+    "--num-nodes = its --nodes (srun starts --devices x --num-nodes tasks)"
+)
+
+
+def _slurm_launched() -> bool:
+    """Whether Fabric takes this process for a SLURM task (its SLURMEnvironment.detect rule:
+    SLURM_NTASKS set, and the job not named bash/interactive)."""
+    name = os.environ.get("SLURM_JOB_NAME")
+    return "SLURM_NTASKS" in os.environ and name not in ("bash", "interactive")
+
+
+def _check_started_processes(fabric: Any, config: UpdateConfig) -> None:
+    """Refuse SLURM tasks other than --devices x --num-nodes. Fabric checks the count for
+    torchrun but, under SLURM, only tasks per node and nodes: with more SLURM_NTASKS than that,
+    the process group waits 30 minutes for ranks that never come; with fewer, the update
+    silently runs on fewer devices than asked. (Fabric's own launcher starts as many as asked;
+    its re-run ranks know the world size only after launch, so they are not checked here.)"""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    environment = getattr(fabric.strategy, "cluster_environment", None)
+    if not isinstance(environment, SLURMEnvironment):
+        return
+    started, asked = environment.world_size(), config.devices * config.num_nodes
+    if started != asked:
+        raise ConfigError(
+            f"--strategy ddp: SLURM started {started} tasks but --devices {config.devices} x "
+            f"--num-nodes {config.num_nodes} = {asked}; {SLURM_FIX}"
+        )
 
 
 # Fabric strategies that shard the model's parameters across devices (prefixes of its names).
