@@ -1,8 +1,10 @@
-"""Shared fixtures: the built-in digits data cut into a class-incremental scenario."""
+"""Shared fixtures: the built-in digits data cut into a class-incremental scenario, and ``cli``,
+the ``ricordo`` command run in this process."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 # Tests run in parallel workers (pytest -n 2) on 2 cores: one thread per process avoids the
@@ -15,6 +17,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+from cli_result import CliResult  # noqa: E402
 from ricordo.data import Scenario, load_builtin, make_scenario  # noqa: E402
 
 
@@ -23,6 +26,33 @@ def digits_scenario() -> Scenario:
     """digits, 5 chunks of 2 classes each (seed 0)."""
     train, test = load_builtin("digits")
     return make_scenario("class-incremental", train, test, updates=5, seed=0)
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., CliResult]:
+    """Run ``ricordo ARGS`` in this process through ``ricordo.cli.main``: exit status, stdout
+    and stderr of that call only (no colour, 200 columns of help text)."""
+    from ricordo.cli import main
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()  # drop anything printed before this call
+        monkeypatch.setattr(sys, "argv", ["ricordo", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as stop:
+            # as a process would exit: None is 0, a message is 1
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
 
 
 @pytest.fixture(scope="session")

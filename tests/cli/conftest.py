@@ -5,8 +5,9 @@ Two ways to run the CLI:
 - ``cli_proc``: a real separate process (``python -m ricordo.cli ...``), for the claims that are
   about processes (a chain of update jobs, a kill in the middle of a write, a new process
   continuing a state);
-- ``cli``: ``ricordo.cli.main`` in this process with ``sys.argv`` patched, exit status and output
-  captured; fast, used for the many error cases and the per-command checks.
+- ``cli`` (in tests/conftest.py, shared by every test folder): ``ricordo.cli.main`` in this
+  process with ``sys.argv`` patched, exit status and output captured; fast, used for the many
+  error cases and the per-command checks.
 
 Expensive artefacts (the exported digits chunks, the 5-update chains) are built once per test run
 and shared by the pytest-xdist workers through a file lock.
@@ -22,12 +23,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from filelock import FileLock  # a dependency of torch
+
+from cli_result import CliResult
 
 # Each CLI process trains on one thread: the suite runs on 2 cores with 2 xdist workers, and the
 # in-process comparisons (test_cli_chain) must use the same thread count as the subprocesses.
@@ -35,22 +37,6 @@ THREADS = 1
 SUBPROCESS_TIMEOUT_S = 600
 CHAIN_METHODS = ("er", "finetune")
 CHAIN_OPTIONS = ("--memory-size", "200", "--epochs", "20", "--lr", "0.05", "--seed", "0")
-
-
-@dataclass
-class CliResult:
-    """Exit status and output of one CLI run."""
-
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-    def describe(self) -> str:
-        return f"exit {self.code}\n--- stdout ---\n{self.out}\n--- stderr ---\n{self.err}"
 
 
 def cli_env() -> dict[str, str]:
@@ -197,31 +183,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(THREADS)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., CliResult]:
-    """Run ``ricordo ARGS`` in this process through ``ricordo.cli.main``."""
-    from ricordo.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("NO_COLOR", "1")
-    monkeypatch.delenv("FORCE_COLOR", raising=False)
-
-    def run(*args: object) -> CliResult:
-        capsys.readouterr()  # drop anything printed before this call
-        monkeypatch.setattr(sys, "argv", ["ricordo", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        captured = capsys.readouterr()
-        return CliResult(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture

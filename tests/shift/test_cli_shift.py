@@ -4,9 +4,6 @@ subsampling, the feature sources (model, encoder, raw) and one-line errors."""
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,35 +13,6 @@ import torch
 from ricordo.cli import SHIFT_DETECTED
 from ricordo.shift import detect_shift
 from ricordo.updater import Updater
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
-    """``ricordo ARGS`` in this process through ``ricordo.cli.main``."""
-    from ricordo.cli import main
-
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setenv("NO_COLOR", "1")
-
-    def run(*args: object) -> Run:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["ricordo", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="module")
