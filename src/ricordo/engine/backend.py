@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -123,10 +123,9 @@ class FabricBackend:
     def backward(self, loss: Tensor) -> None:
         self.fabric.backward(loss)
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        with self.fabric.autocast():
-            yield
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        # Fabric's own context, not wrapped in a generator: entered every step.
+        return self.fabric.autocast()
 
 
 # The data-parallel Fabric of this process, launched once (its ranks and process group persist).

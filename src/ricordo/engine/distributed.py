@@ -52,9 +52,10 @@ def shard(rows: T, rank_: int, world: int) -> T:
 
 
 def mean_across_ranks(value: torch.Tensor, world: int) -> float:
-    """The mean of a scalar over the ranks (the global batch's loss); itself in one process."""
+    """The mean of a scalar over the ranks (the global batch's loss); itself in one process
+    (``item()``: no detached copy needed, it is read every step)."""
     if world == 1:
-        return float(value)
+        return value.item()
     total = value.detach().to(torch.float64).reshape(1).clone()
     torch.distributed.all_reduce(total)
     return float(total) / world

@@ -8,7 +8,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 
 import torch
@@ -268,11 +267,16 @@ def _train_update(
             config.logger if ctx.rank == 0 else (), ctx.update_index, config.to_dict()
         ) as logs,
     ):
+        # What options add to every step is decided here, once: the step loop runs thousands of
+        # times and its Python lines are Ricordo's cost over a plain loop (benchmarks/overhead.py).
+        show_loss = progress.mode == "bar"  # only a bar shows each step's loss
+        log_steps = bool(logs.loggers)
         for epoch in range(start_epoch, epochs):
             epoch_loss, epoch_steps = 0.0, 0  # the epoch's mean loss, for progress and loggers
             for group in optimizer.param_groups:  # the method's schedule (default: --lr)
                 group["lr"] = method.learning_rate(epoch, epochs, config.lr)
             wrapped.train()
+            after_step = _after_step(method, config, epoch)
             order = torch.randperm(len(iterate), generator=ctx.generator)
             # The new rows are augmented for the loss only; after_step (memories) sees them raw.
             for batch, seen in batches(order):
@@ -289,7 +293,7 @@ def _train_update(
                         seen, step_rows = selective.subset(seen, batch, ctx)
                     loss = method.loss(seen, ctx)
                 # The global batch's loss (the ranks' mean): every rank judges the same value.
-                value = mean_across_ranks(loss.detach(), ctx.world_size)
+                value = mean_across_ranks(loss, ctx.world_size)
                 guard.check(value, epoch, report.steps)
                 optimizer.zero_grad(set_to_none=True)
                 backend.backward(loss)
@@ -310,15 +314,15 @@ def _train_update(
                 if schedule is not None:
                     report.batch_sizes.append(len(batch.y))
                     schedule.observe(variance, value, optimizer.param_groups[0]["lr"])
-                with _memory_inserts(method, config, epoch):
-                    method.after_step(batch, ctx)
+                after_step(batch, ctx)
                 report.steps += 1
                 ctx.step = report.steps
                 report.final_loss = value
-                progress.advance(status=f"loss {value:.4f}")
+                progress.advance(status=f"loss {value:.4f}" if show_loss else "")
                 epoch_loss, epoch_steps = epoch_loss + value, epoch_steps + 1
-                lr = optimizer.param_groups[0]["lr"]
-                logs.step(report.steps, epoch, value, lr, time.perf_counter() - started)
+                if log_steps:
+                    lr = optimizer.param_groups[0]["lr"]
+                    logs.step(report.steps, epoch, value, lr, time.perf_counter() - started)
             if selective is not None:  # each epoch, so that a checkpoint carries the counts
                 report.selective_backprop = selective.to_dict()
             report.epochs = epoch + 1
@@ -442,6 +446,7 @@ def _eb_says_stop(
 
 
 BatchSource = Callable[[torch.Tensor], Iterator[tuple[Batch, Batch]]]
+AfterStep = Callable[[Batch, UpdateContext], None]
 
 
 def _batch_schedule(config: UpdateConfig) -> CABSSchedule | None:
@@ -507,14 +512,19 @@ def _array_batches(
     ``schedule`` each batch takes the size it chose after the previous step (read when the step
     asks for the batch); the epoch still covers every row once."""
     device = ctx.device
+    # Decided once: even a no-op .to() costs a microsecond a step.
+    move = data.x.device != device or data.y.device != device
+    augment = ctx.config.augment is not None
     start = 0
     while start < len(data):
         size = ctx.config.batch_size if schedule is None else schedule.next_batch
         index = order[start : start + size]
         start += size
-        x, y = data.x[index].to(device), data.y[index].to(device)
+        x, y = data.x[index], data.y[index]
+        if move:
+            x, y = x.to(device), y.to(device)
         batch = Batch(x, y, index)
-        yield batch, batch if ctx.config.augment is None else Batch(ctx.augment(x), y, index)
+        yield batch, Batch(ctx.augment(x), y, index) if augment else batch
 
 
 class DivergenceGuard:
@@ -535,27 +545,39 @@ class DivergenceGuard:
         self.first: list[float] = []
 
     def check(self, loss: float, epoch: int, step: int) -> None:
-        where = f"at update {self.update_index}, epoch {epoch}, step {step}"
-        fix = f"lower --lr (now {self.lr}) or check the data; no state was written"
         if not math.isfinite(loss):
-            raise TrainingDivergedError(f"the loss became {loss} {where}; {fix}")
-        if self.first:
+            raise TrainingDivergedError(f"the loss became {loss} {self._where(epoch, step)}")
+        if self.first and loss > DIVERGED_LOSS_FLOOR:  # messages only on failure: runs every step
             reference = min(self.first)
-            if loss > DIVERGED_LOSS_FLOOR and loss > DIVERGED_LOSS_FACTOR * reference:
+            if loss > DIVERGED_LOSS_FACTOR * reference:
                 raise TrainingDivergedError(
-                    f"the loss diverged to {loss:.3g} {where}, over {DIVERGED_LOSS_FACTOR:g} "
-                    f"times its lowest in the first steps ({reference:.3g}); {fix}"
+                    f"the loss diverged to {loss:.3g} {self._where(epoch, step, reference)}"
                 )
         if len(self.first) < REFERENCE_STEPS:
             self.first.append(loss)
 
+    def _where(self, epoch: int, step: int, reference: float | None = None) -> str:
+        where = f"at update {self.update_index}, epoch {epoch}, step {step}"
+        if reference is not None:
+            where += (
+                f", over {DIVERGED_LOSS_FACTOR:g} times its lowest in the first steps "
+                f"({reference:.3g})"
+            )
+        return f"{where}; lower --lr (now {self.lr}) or check the data; no state was written"
 
-def _memory_inserts(method: Method, config: UpdateConfig, epoch: int) -> ContextManager[None]:
-    """--memory-insert once: the memory takes rows in the update's first epoch only."""
+
+def _after_step(method: Method, config: UpdateConfig, epoch: int) -> AfterStep:
+    """The epoch's ``method.after_step``: with --memory-insert once, the memory takes rows in
+    the update's first epoch only (later epochs call it with the memory closed)."""
     memory = method.memory
     if memory is None or epoch == 0 or config.memory_insert == "every-epoch":
-        return contextlib.nullcontext()
-    return memory.closed()
+        return method.after_step
+
+    def closed(batch: Batch, ctx: UpdateContext) -> None:
+        with memory.closed():
+            method.after_step(batch, ctx)
+
+    return closed
 
 
 def _training_classes(method: Method, data: ArrayDataset) -> list[int]:

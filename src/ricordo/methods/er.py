@@ -67,10 +67,13 @@ class ExperienceReplay(Method):
             return None
         size = self.params.memory_batch_size or ctx.config.batch_size
         rows = self.memory.sample(size)
+        x, y = rows["x"], rows["y"]
+        if self.memory.device != ctx.device:  # even a no-op .to() costs a microsecond a step
+            x, y = x.to(ctx.device), y.to(ctx.device)
         # Drawn and augmented whole on every rank (identical memories and generators), then
         # this rank's share: under --strategy ddp the ranks replay what one process would.
-        x = ctx.augment(rows["x"].to(ctx.device))
-        return Batch(ctx.shard(x), ctx.shard(rows["y"].to(ctx.device)))
+        x = ctx.augment(x)
+        return Batch(ctx.shard(x), ctx.shard(y))
 
     def loss(self, batch: Batch, ctx: UpdateContext) -> Tensor:
         replay = self.replay_batch(batch, ctx)
