@@ -12,6 +12,7 @@ tensor must agree within float noise (sums in another order).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,6 +45,12 @@ METHODS = [
     "offline-er",
     "rd",
     "er@herding",
+    # Training options that decide from the step's batch, on the global batch on every rank:
+    # EB stops both runs at the same step (tests/optim/test_eb.py's noisy problem), selective
+    # backprop keeps the same rows.
+    "finetune+eb",
+    "er+sb-loss",
+    "er+sb-gm",
 ]
 PEFT = ["s-prompts", "color", "s-lora", "l2p", "l2l"]
 TOLERANCE = 1e-5  # measured: at most 8e-7 on any saved tensor
@@ -54,7 +61,7 @@ def states(tmp_path_factory: pytest.TempPathFactory, tiny_vit_path: str) -> Iter
     """OUT/one/METHOD and OUT/ddp/METHOD: each method's state after two updates, in one
     process and with two ranks (both launched at once)."""
     out = tmp_path_factory.mktemp("ddp-methods")
-    runs = [*METHODS, *PEFT]
+    runs = [*METHODS, *PEFT, "er+cabs"]
     env = _launch_env()
     one = [sys.executable, str(WORKER), str(out / "one"), "--backbone", tiny_vit_path, *runs]
     ddp = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", str(WORKER)]
@@ -87,3 +94,27 @@ def test_two_ranks_write_the_state_of_one_process(states: Path, run: str) -> Non
     for name in ("memory/index.json", "memory/state.safetensors"):
         if (one / name).exists():
             assert (ddp / name).read_bytes() == (one / name).read_bytes(), name
+
+
+def _train_records(state: Path) -> list[dict]:
+    return [update["train"] for update in json.loads((state / "history.json").read_text())]
+
+
+def test_eb_stops_every_rank_where_one_process_stops(states: Path) -> None:
+    one_process, two_ranks = (_train_records(states / w / "finetune+eb") for w in ("one", "ddp"))
+    for one, ddp in zip(one_process, two_ranks, strict=True):
+        assert one["stop_reason"] == ddp["stop_reason"] == "eb"
+        assert one["stopped_step"] == ddp["stopped_step"] < 60 * 5
+
+
+def test_cabs_batch_sizes_follow_the_global_batch_on_every_rank(states: Path) -> None:
+    """CABS sizes each step from the gradient variance of the global batch, which every rank
+    measures alike (so the ranks agree on every size; otherwise the run would hang). Its sizes
+    are rounded from float statistics, so after a few steps float noise between one process
+    and two can pick a size one row apart: the runs are compared as close, not equal."""
+    one, ddp = (_train_records(states / w / "er+cabs") for w in ("one", "ddp"))
+    Updater.load(str(states / "ddp" / "er+cabs"))
+    sizes, reference = ddp[-1]["batch_sizes"], one[-1]["batch_sizes"]
+    assert max(sizes) > min(sizes) == 8  # the rule grew the batch from --cabs-min-batch
+    assert abs(len(sizes) - len(reference)) <= 2
+    assert abs(sum(sizes) / len(sizes) - sum(reference) / len(reference)) < 1.0

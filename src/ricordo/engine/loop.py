@@ -280,10 +280,10 @@ def _train_update(
             order = torch.randperm(len(iterate), generator=ctx.generator)
             # The new rows are augmented for the loss only; after_step (memories) sees them raw.
             for batch, seen in batches(order):
-                if ctx.world_size > 1:
-                    if len(batch.y) < ctx.world_size:  # a last batch some rank has no row of
-                        continue
-                    seen = _shard_batch(seen, ctx)
+                if ctx.world_size > 1 and len(batch.y) < ctx.world_size:
+                    continue  # a last batch some rank has no row of
+                # EB, selective backprop and CABS decide from the global batch: under
+                # --strategy ddp every rank takes the same decision from the same rows.
                 if stopping.eb is not None and _eb_says_stop(stopping.eb, model, method, seen, ctx):
                     report.stop_reason, report.stopped_step = "eb", report.steps
                     break
@@ -291,6 +291,11 @@ def _train_update(
                 with backend.autocast():
                     if selective is not None:  # the loss sees the kept rows only
                         seen, step_rows = selective.subset(seen, batch, ctx)
+                    whole = seen
+                    if ctx.world_size > 1:
+                        if len(seen.y) < ctx.world_size:  # too few kept rows to share
+                            continue
+                        seen = _shard_batch(seen, ctx)
                     loss = method.loss(seen, ctx)
                 # The global batch's loss (the ranks' mean): every rank judges the same value.
                 value = mean_across_ranks(loss, ctx.world_size)
@@ -307,7 +312,7 @@ def _train_update(
                     0.0
                     if schedule is None
                     else gradient_variance_trace(
-                        model, seen.x, seen.y, allowed_classes=ctx.train_classes
+                        model, whole.x, whole.y, allowed_classes=ctx.train_classes
                     )
                 )
                 optimizer.step()
@@ -391,22 +396,13 @@ def _shard_batch(batch: Batch, ctx: UpdateContext) -> Batch:
 
 
 def _check_data_parallel(method: Method, config: UpdateConfig) -> None:
-    """Refuse, in one line, what --strategy ddp has not been verified with."""
+    """Refuse, in one line, a method --strategy ddp has not been verified with."""
     if not type(method).__dict__.get("supports_ddp", False):
         raise ConfigError(
             f"--strategy {config.strategy}: method {method.name!r} is not verified under "
             "data-parallel training (every built-in method is; a plugin method declares "
             "supports_ddp = True once checked, see docs/scaling.md); drop --strategy"
         )
-    for given, flag in (
-        (config.selective_backprop is not None, "--selective-backprop"),
-        (config.batch_size_schedule != "fixed", "--batch-size-schedule cabs"),
-        (config.stopping_rule == "eb", "--early-stopping eb"),
-    ):
-        if given:
-            raise ConfigError(
-                f"--strategy {config.strategy} does not support {flag} yet; drop one of them"
-            )
 
 
 def _eb_says_stop(
