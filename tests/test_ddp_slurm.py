@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-from tests.test_ddp import OPTIONS, RICORDO, _digits, _launch_env
+from tests.test_ddp import OPTIONS, RICORDO, _assert_same_state, _digits, _launch_env
 
 from ricordo.cli import main
 from ricordo.config import UpdateConfig
@@ -94,12 +93,7 @@ def test_two_slurm_tasks_write_what_one_process_writes(tmp_path: Path) -> None:
 
     two = Updater.load(str(tmp_path / "ddp"))  # a valid state: every checksum verified
     assert two.config.strategy == "ddp" and two.config.devices == 2
-    for name in ("index.json", "shard-00000.safetensors", "state.safetensors"):
-        saved = (tmp_path / "ddp" / "memory" / name).read_bytes()
-        assert saved == (tmp_path / "one" / "memory" / name).read_bytes(), name
-    weights = load_file(tmp_path / "ddp/model.safetensors")
-    for key, value in load_file(tmp_path / "one/model.safetensors").items():
-        torch.testing.assert_close(weights[key], value, atol=1e-5, rtol=1e-4)
+    _assert_same_state(tmp_path / "ddp", tmp_path / "one")
 
 
 def test_slurm_tasks_other_than_devices_times_nodes_are_refused(
