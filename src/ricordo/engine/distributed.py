@@ -100,13 +100,10 @@ def average_gradients(parameters: Iterable[nn.Parameter], world: int) -> None:
     params = list(parameters)
     if not params:
         return
-    device = params[0].device
-    pieces = [
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(torch.float32)
-        for p in params
-    ]
+    device = params[0].device  # the ranks' one training device: every gradient is there
+    pieces = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
     reached = torch.tensor([float(p.grad is not None) for p in params], device=device)
-    flat = torch.cat([*[piece.to(device) for piece in pieces], reached])
+    flat = torch.cat([*(piece.reshape(-1).float() for piece in pieces), reached])
     torch.distributed.all_reduce(flat)
     start = 0
     for p, any_rank in zip(params, flat[-len(params) :].tolist(), strict=True):
